@@ -1,0 +1,1 @@
+"""Domain adapters, imported as ``sciffusion.domains.<name>``: files <-> representations, metrics, oracles."""
