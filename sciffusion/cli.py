@@ -1,0 +1,215 @@
+"""The ``sciffusion`` command line (also ``python -m sciffusion``).
+
+    sciffusion train CONFIG [KEY=VALUE ...] [--resume]
+    sciffusion sample RUN_DIR [--n N] [--solver S] [--steps K] [--guidance-scale G] [--out PATH]
+    sciffusion evaluate RUN_DIR
+    sciffusion list
+    sciffusion <domain verb> ...          (e.g. impute, plan, design: added by domains)
+
+Bad input (config, files, run folders) prints ``sciffusion: error: <one line>`` to stderr and exits
+with code 2 before anything is written; a diverged training run exits with code 1. Set
+``SCIFFUSION_DEBUG=1`` to get the Python traceback instead.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Sequence
+
+import yaml
+
+import sciffusion.registry as registry
+from sciffusion.config import load_components, load_config
+from sciffusion.domain import DOMAINS, get_domain, import_all_domains, load_run
+from sciffusion.train.checkpoint import write_json_atomic
+from sciffusion.train.distributed import env_rank
+from sciffusion.train.trainer import TrainingDiverged, train
+
+__all__ = ["build_parser", "main"]
+
+CORE_COMMANDS = ("train", "sample", "evaluate", "list")
+
+
+def _add_sampling_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("sampling (defaults: the run's `sample:` config section)")
+    g.add_argument("--n", type=int, help="number of samples")
+    g.add_argument("--solver", help="solver name (see `sciffusion list`)")
+    g.add_argument("--steps", type=int, help="number of solver steps")
+    g.add_argument("--batch-size", type=int, dest="batch_size", help="samples per forward batch")
+    g.add_argument("--guidance-scale", type=float, dest="guidance_scale", help="classifier-free guidance scale (1 = off)")
+    g.add_argument("--eta", type=float, help="DDIM eta (0 = deterministic)")
+    g.add_argument("--seed", type=int, help="sampling seed")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where to run the model")
+
+
+def build_parser(with_domains: bool = True) -> tuple[argparse.ArgumentParser, dict[str, str]]:
+    """The parser; with ``with_domains`` every importable domain adds its verbs.
+
+    Returns the parser and ``{domain: reason}`` for domains that could not be imported.
+    """
+    parser = argparse.ArgumentParser(prog="sciffusion", description="Diffusion and flow-matching models for scientific data.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("train", help="train the model of a config file", description="Train CONFIG; KEY=VALUE items override config keys (e.g. trainer.max_steps=200).")
+    p.add_argument("config", help="YAML config file, e.g. configs/images/digits.yaml")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted config overrides")
+    p.add_argument("--resume", action="store_true", help="continue from RUN_DIR/checkpoints/last if it exists")
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("sample", help="draw samples from a trained run")
+    p.add_argument("run_dir", help="run folder written by `sciffusion train`")
+    _add_sampling_args(p)
+    p.add_argument("--out", help="output path (default: RUN_DIR/samples)")
+    p.set_defaults(func=_cmd_sample)
+
+    p = sub.add_parser("evaluate", help="compute a trained run's metrics into RUN_DIR/metrics.json")
+    p.add_argument("run_dir", help="run folder written by `sciffusion train`")
+    _add_sampling_args(p)
+    p.set_defaults(func=_cmd_evaluate)
+
+    p = sub.add_parser("list", help="list configs and registered components")
+    p.set_defaults(func=_cmd_list)
+
+    failed: dict[str, str] = {}
+    if with_domains:
+        failed = import_all_domains()
+        for name in DOMAINS.names():
+            get_domain(name).add_commands(sub)
+    return parser, failed
+
+
+# ------------------------------------------------------------------------------------ commands
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    cfg = load_config(args.config, args.overrides)
+    result = train(cfg, resume=args.resume)
+    if env_rank() == 0:
+        print(f"trained to step {result.step}; run folder: {result.run_dir}")
+    return 0
+
+
+def _cmd_sample(args: argparse.Namespace) -> int:
+    run = load_run(args.run_dir, device=args.device)
+    run.domain.sample(run, args)
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    run = load_run(args.run_dir, device=args.device)
+    metrics = run.domain.evaluate(run, args)
+    if not isinstance(metrics, dict):
+        raise TypeError(f"domain '{run.domain.name}' evaluate() returned {type(metrics).__name__}, expected a dict")
+    write_json_atomic(run.run_dir / "metrics.json", metrics)
+    print(json.dumps(metrics, indent=2, default=str))
+    return 0
+
+
+def _config_roots() -> list[Path]:
+    roots = [Path.cwd() / "configs", Path(__file__).resolve().parent.parent / "configs"]
+    unique: list[Path] = []
+    for root in roots:
+        if root.is_dir() and root.resolve() not in [u.resolve() for u in unique]:
+            unique.append(root)
+    return unique
+
+
+def _display(path: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
+def _cmd_list(args: argparse.Namespace) -> int:
+    failed = import_all_domains()
+    load_components()
+    lines = ["configs:"]
+    found = [p for root in _config_roots() for p in sorted(root.rglob("*.yaml"))]
+    for path in found:
+        try:
+            raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+            domain = raw.get("domain", "?") if isinstance(raw, dict) else "?"
+        except (OSError, yaml.YAMLError):
+            domain = "unreadable"
+        lines.append(f"  {_display(path):<48} {domain}")
+    if not found:
+        lines.append("  (none found under ./configs)")
+    lines.append("domains:")
+    for name in sorted(set(DOMAINS.names()) | set(failed)):
+        if name in failed:
+            lines.append(f"  {name:<16} unavailable: {failed[name]}")
+        else:
+            lines.append(f"  {name:<16} {DOMAINS.get(name).help}")
+    for title, reg in (("nets", registry.NETS), ("processes", registry.PROCESSES), ("solvers", registry.SOLVERS), ("guidance", registry.GUIDANCE)):
+        lines.append(f"{title}:")
+        lines.extend(f"  {e.name:<16} {e.help}" for e in reg.entries())
+        if not reg.names():
+            lines.append("  (none registered)")
+    print("\n".join(lines))
+    return 0
+
+
+# ------------------------------------------------------------------------------------ main
+
+
+def _error(message: object) -> None:
+    if env_rank() == 0:
+        print("sciffusion: error: " + " ".join(str(message).split()), file=sys.stderr)
+
+
+def _configure_logging() -> None:
+    logger = logging.getLogger("sciffusion")
+    if not any(getattr(h, "_sciffusion", False) for h in logger.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("sciffusion: %(message)s"))
+        handler._sciffusion = True  # type: ignore[attr-defined]
+        logger.addHandler(handler)
+        logger.propagate = False
+    logger.setLevel(logging.INFO if env_rank() == 0 else logging.WARNING)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI on ``argv`` (default ``sys.argv[1:]``); returns the exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    _configure_logging()
+    debug = os.environ.get("SCIFFUSION_DEBUG", "") not in ("", "0")
+    first = next((a for a in argv if not a.startswith("-")), None)
+    try:
+        parser, failed = build_parser(with_domains=first not in CORE_COMMANDS)
+        if first is not None and first not in CORE_COMMANDS and not argv[0].startswith("-"):
+            known = sorted(parser._subparsers._group_actions[0].choices)  # type: ignore[union-attr]
+            if first not in known:
+                extra = "; unavailable domains: " + "; ".join(f"{k} ({v})" for k, v in failed.items()) if failed else ""
+                _error(f"unknown command '{first}' (commands: {', '.join(known)}){extra}")
+                return 2
+        args = parser.parse_args(argv)
+        func = getattr(args, "func", None)
+        if func is None:
+            parser.print_help(sys.stderr)
+            return 2
+        return int(func(args) or 0)
+    except SystemExit as e:  # argparse: --help (0) or usage errors (2)
+        return e.code if isinstance(e.code, int) else (0 if e.code is None else 2)
+    except KeyboardInterrupt:
+        _error("interrupted (resume training with --resume from the last checkpoint)")
+        return 130
+    except TrainingDiverged as e:
+        if debug:
+            raise
+        _error(e)
+        return 1
+    except (ValueError, registry.RegistryError, FileNotFoundError) as e:
+        if debug:
+            raise
+        _error(e)
+        return 2
+    except (OSError, NotImplementedError) as e:
+        if debug:
+            raise
+        _error(f"{type(e).__name__}: {e}")
+        return 1

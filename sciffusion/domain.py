@@ -1,0 +1,240 @@
+"""Domain adapters: how one kind of scientific data plugs into the shared trainer and CLI.
+
+A domain lives in ``domains/<name>/`` (imported as ``sciffusion.domains.<name>``) and registers a
+:class:`Domain` subclass under its name::
+
+    from sciffusion.registry import DOMAINS
+    from sciffusion.domain import Domain, TrainSetup
+
+    @DOMAINS.register("images")
+    class ImagesDomain(Domain):
+        name = "images"
+        data_config = ImagesData              # dataclass validating the config's `data:` section
+        extra_sections = {}                   # optional: {"impute": ImputeConfig, ...}
+
+        def setup(self, cfg):                 # -> TrainSetup(model, dataset, collate, sample_hook)
+        def build_model(self, cfg):           # same architecture, used to load a run
+        def sample(self, run, args):          # `sciffusion sample RUN_DIR ...`
+        def evaluate(self, run, args):        # `sciffusion evaluate RUN_DIR` -> metrics dict
+        def add_commands(self, subparsers):   # optional extra verbs; each sets `func=callable(args)`
+
+The model in :class:`TrainSetup` must provide ``training_loss(batch, rng) -> scalar tensor`` and
+draw every random number of a step from ``rng`` (a :class:`sciffusion.rng.StepRandom`).
+Domains are imported lazily: only the domain a config names is imported for training.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import pkgutil
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from sciffusion.config import Config, SampleConfig, config_from_dict, from_dict, read_yaml, to_dict
+from sciffusion.registry import DOMAINS
+from sciffusion.train.checkpoint import EMA_FILE, MODEL_FILE, find_checkpoint, load_meta, load_module_weights
+from sciffusion.train.distributed import resolve_device
+
+__all__ = [
+    "Domain",
+    "DomainError",
+    "DomainUnavailable",
+    "Run",
+    "RunError",
+    "TrainSetup",
+    "discover_domain_names",
+    "get_domain",
+    "import_all_domains",
+    "load_run",
+]
+
+
+class DomainError(ValueError):
+    """Unknown domain, or a domain that does not support a command."""
+
+
+class DomainUnavailable(DomainError):
+    """A domain whose optional dependencies are not installed."""
+
+    def __init__(self, name: str, cause: BaseException) -> None:
+        super().__init__(f"domain '{name}' needs packages that are not installed ({cause}); install them with: pip install 'sciffusion[{name}]'")
+        self.domain_name = name
+
+
+class RunError(ValueError):
+    """A folder that is not (yet) a loadable run."""
+
+
+@dataclass
+class TrainSetup:
+    """What a domain hands the trainer.
+
+    Attributes:
+        model: module with ``training_loss(batch, rng) -> torch.Tensor`` (a scalar).
+        dataset: map-style dataset; item ``i`` is whatever ``collate`` batches.
+        collate: list of items -> batch (default ``torch.utils.data.default_collate``).
+        sample_hook: ``(ema_model, step, samples_dir)``, called on rank 0 every
+            ``trainer.sample_every`` steps to write samples and plots.
+    """
+
+    model: torch.nn.Module
+    dataset: torch.utils.data.Dataset
+    collate: Callable[[list], Any] | None = None
+    sample_hook: Callable[[torch.nn.Module, int, Path], None] | None = None
+
+
+class Domain:
+    """Base class for domain adapters (see the module docstring)."""
+
+    name: str = ""
+    data_config: type | None = None
+    extra_sections: dict[str, type] = {}
+
+    def setup(self, cfg: Config) -> TrainSetup:
+        """Build the training data and the model from a validated config."""
+        raise NotImplementedError(f"domain '{self.name}' does not implement setup")
+
+    def build_model(self, cfg: Config) -> torch.nn.Module:
+        """Build the (untrained) model of ``cfg``, the same architecture ``setup`` trains."""
+        raise NotImplementedError(f"domain '{self.name}' does not implement build_model")
+
+    def sample(self, run: "Run", args: argparse.Namespace) -> None:
+        """Write samples of a trained run (``args`` carries ``--n``, ``--solver``, ``--out``, ...)."""
+        raise DomainError(f"domain '{self.name}' does not support 'sample'")
+
+    def evaluate(self, run: "Run", args: argparse.Namespace) -> dict[str, Any]:
+        """Compute the domain's metrics for a trained run; the CLI writes them to ``RUN_DIR/metrics.json``."""
+        raise DomainError(f"domain '{self.name}' does not support 'evaluate'")
+
+    def add_commands(self, subparsers: argparse._SubParsersAction) -> None:
+        """Add extra CLI verbs: ``p = subparsers.add_parser(...); p.set_defaults(func=callable)``."""
+        return None
+
+
+_DOMAIN_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+_instances: dict[str, Domain] = {}
+
+
+def _import_domain(name: str) -> None:
+    module = f"sciffusion.domains.{name}"
+    try:
+        importlib.import_module(module)
+    except ModuleNotFoundError as e:
+        if e.name in (module, "sciffusion.domains"):
+            raise DomainError(f"unknown domain '{name}' (known: {', '.join(discover_domain_names()) or 'none'})") from None
+        raise DomainUnavailable(name, e) from None
+    except ImportError as e:
+        raise DomainUnavailable(name, e) from None
+
+
+def get_domain(name: str) -> Domain:
+    """The registered domain ``name``, importing ``sciffusion.domains.<name>`` on first use."""
+    if not _DOMAIN_NAME.match(name):
+        raise DomainError(f"invalid domain name {name!r} (lower-case letters, digits and _)")
+    if name not in DOMAINS:
+        _import_domain(name)
+    if name not in DOMAINS:
+        raise DomainError(f"module sciffusion.domains.{name} does not register a domain named '{name}'")
+    if name not in _instances:
+        instance = DOMAINS.build(name)
+        if not getattr(instance, "name", ""):
+            instance.name = name
+        _instances[name] = instance
+    return _instances[name]
+
+
+def discover_domain_names() -> list[str]:
+    """Registered domains plus every module found in the ``sciffusion.domains`` package."""
+    names = set(DOMAINS.names())
+    try:
+        package = importlib.import_module("sciffusion.domains")
+    except ImportError:
+        package = None
+    if package is not None:
+        names.update(m.name for m in pkgutil.iter_modules(package.__path__) if _DOMAIN_NAME.match(m.name))
+    return sorted(names)
+
+
+def import_all_domains() -> dict[str, str]:
+    """Import every discoverable domain; returns ``{name: reason}`` for those that failed."""
+    failed: dict[str, str] = {}
+    for name in discover_domain_names():
+        try:
+            get_domain(name)
+        except DomainError as e:
+            failed[name] = str(e)
+        except Exception as e:  # a broken domain must not hide the others from `list`
+            failed[name] = f"import failed: {type(e).__name__}: {e}"
+    return failed
+
+
+@dataclass
+class Run:
+    """A trained run folder, loaded.
+
+    Attributes:
+        run_dir: the folder.
+        config: its resolved config (``run_dir`` set to where the folder is now).
+        domain: the domain adapter.
+        model: EMA weights when the run has them (else the raw weights), eval mode, on ``device``.
+        device: where ``model`` lives.
+        step: training step of the checkpoint.
+        checkpoint: the checkpoint folder the weights came from.
+        has_ema: whether ``model`` holds EMA weights.
+    """
+
+    run_dir: Path
+    config: Config
+    domain: Domain
+    model: torch.nn.Module
+    device: torch.device
+    step: int
+    checkpoint: Path
+    has_ema: bool
+
+    def raw_model(self) -> torch.nn.Module:
+        """A fresh model with the raw (non-EMA) weights, eval mode, on ``device``."""
+        model = self.domain.build_model(self.config)
+        load_module_weights(model, self.checkpoint / MODEL_FILE)
+        return model.to(self.device).eval()
+
+    def sample_config(self, args: argparse.Namespace | None = None) -> SampleConfig:
+        """``config.sample`` with the command-line values that were given (not ``None``) applied."""
+        values = to_dict(self.config.sample)
+        for key in ("n", "solver", "steps", "batch_size", "guidance_scale", "eta", "seed"):
+            given = getattr(args, key, None) if args is not None else None
+            if given is not None:
+                values[key] = given
+        return from_dict(SampleConfig, values, "sample")
+
+    def output_dir(self, args: argparse.Namespace | None = None, default: str = "samples") -> Path:
+        """``--out`` if given, else ``RUN_DIR/<default>``."""
+        out = getattr(args, "out", None) if args is not None else None
+        return Path(out) if out else self.run_dir / default
+
+
+def load_run(run_dir: str | Path, device: str | torch.device = "auto") -> Run:
+    """Load a run folder written by the trainer: config, domain, model with EMA weights."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise RunError(f"run folder not found: {run_dir}")
+    config_path = run_dir / "config.yaml"
+    if not config_path.is_file():
+        raise RunError(f"{run_dir} is not a run folder (no config.yaml)")
+    ckpt = find_checkpoint(run_dir)
+    if ckpt is None:
+        raise RunError(f"{run_dir} has no checkpoint yet ({run_dir / 'checkpoints' / 'last'}); train it first")
+    raw = read_yaml(config_path)
+    raw["run_dir"] = str(run_dir)
+    cfg = config_from_dict(raw, source=str(config_path))
+    dev = device if isinstance(device, torch.device) else resolve_device(device)
+    domain = get_domain(cfg.domain)
+    model = domain.build_model(cfg)
+    has_ema = (ckpt / EMA_FILE).is_file()
+    load_module_weights(model, ckpt / (EMA_FILE if has_ema else MODEL_FILE))
+    model.to(dev).eval()
+    return Run(run_dir=run_dir, config=cfg, domain=domain, model=model, device=dev, step=int(load_meta(ckpt)["step"]), checkpoint=ckpt, has_ema=has_ema)

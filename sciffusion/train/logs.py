@@ -1,0 +1,91 @@
+"""Training logs: ``RUN_DIR/metrics.csv`` (always), TensorBoard (optional), a loss-curve PNG."""
+from __future__ import annotations
+
+import csv
+import os
+from pathlib import Path
+from typing import Any
+
+from sciffusion.config import ConfigError
+
+__all__ = ["METRIC_FIELDS", "MetricsLog", "plot_metrics"]
+
+METRIC_FIELDS = ("step", "loss", "lr", "grad_norm", "samples_per_s")
+
+
+class MetricsLog:
+    """Appends one row per logging window to ``metrics.csv``; mirrors it to TensorBoard if asked.
+
+    A resumed run first drops rows past its checkpoint step (written by the interrupted process
+    after its last checkpoint), so the CSV reads as one uninterrupted run.
+    """
+
+    def __init__(self, run_dir: str | Path, start_step: int, tensorboard: bool = False) -> None:
+        self.path = Path(run_dir) / "metrics.csv"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        kept = self._rows_up_to(start_step) if start_step > 0 else []
+        tmp = self.path.with_name(f".{self.path.name}.tmp{os.getpid()}")
+        with open(tmp, "w", newline="", encoding="utf-8") as f:
+            writer = csv.writer(f)
+            writer.writerow(METRIC_FIELDS)
+            writer.writerows(kept)
+        os.replace(tmp, self.path)
+        self._file = open(self.path, "a", newline="", encoding="utf-8")
+        self._writer = csv.writer(self._file)
+        self._tb: Any = None
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                self.close()
+                raise ConfigError("trainer.tensorboard=true needs the tensorboard package (pip install tensorboard)") from None
+            self._tb = SummaryWriter(log_dir=str(Path(run_dir) / "tensorboard"), purge_step=start_step + 1 if start_step else None)
+
+    def _rows_up_to(self, step: int) -> list[list[str]]:
+        if not self.path.is_file():
+            return []
+        with open(self.path, newline="", encoding="utf-8") as f:
+            rows = list(csv.reader(f))
+        return [r for r in rows[1:] if r and r[0].isdigit() and int(r[0]) <= step]
+
+    def write(self, step: int, loss: float, lr: float, grad_norm: float, samples_per_s: float) -> None:
+        self._writer.writerow([step, f"{loss:.6g}", f"{lr:.6g}", f"{grad_norm:.6g}", f"{samples_per_s:.4g}"])
+        self._file.flush()
+        if self._tb is not None:
+            for name, value in (("loss", loss), ("lr", lr), ("grad_norm", grad_norm), ("samples_per_s", samples_per_s)):
+                self._tb.add_scalar(f"train/{name}", value, step)
+
+    def close(self) -> None:
+        if not self._file.closed:
+            self._file.close()
+        if self._tb is not None:
+            self._tb.close()
+            self._tb = None
+
+
+def plot_metrics(csv_path: str | Path, png_path: str | Path) -> None:
+    """Plot loss (log scale) and learning rate against step from ``metrics.csv`` into a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    table = pd.read_csv(csv_path)
+    if table.empty:
+        return
+    fig, (ax_loss, ax_lr) = plt.subplots(1, 2, figsize=(9, 3.2))
+    ax_loss.plot(table["step"], table["loss"], lw=1.2)
+    if (table["loss"] > 0).all():
+        ax_loss.set_yscale("log")
+    ax_loss.set(xlabel="step", ylabel="training loss", title="loss")
+    ax_lr.plot(table["step"], table["lr"], lw=1.2, color="tab:orange")
+    ax_lr.set(xlabel="step", ylabel="learning rate", title="learning rate")
+    for ax in (ax_loss, ax_lr):
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    png_path = Path(png_path)
+    tmp = png_path.with_name(f".{png_path.stem}.tmp{os.getpid()}.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, png_path)

@@ -1,0 +1,190 @@
+"""A tiny test-only domain: noisy 2-D linear regression with a small MLP.
+
+Importing this module registers domain ``toy`` and net ``_toy_mlp``. Run as a script it is the
+``sciffusion`` CLI with the toy domain available (used by the SIGKILL and torchrun tests):
+
+    python tests/_toy_domain.py train CONFIG [KEY=VALUE ...] [--resume]
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from torch import nn
+
+from sciffusion.config import Config, FieldError
+from sciffusion.domain import Domain, Run, TrainSetup
+from sciffusion.registry import DOMAINS, NETS
+from sciffusion.rng import StepRandom
+
+
+@dataclass
+class ToyData:
+    """``n`` points ``x ~ N(0, I_dim)`` with targets ``y = x @ w + noise * eps`` (fixed seed)."""
+
+    n: int = 64
+    dim: int = 2
+    noise: float = 0.1
+    step_sleep: float = 0.0  # seconds slept per training step (lets a test kill a run mid-way)
+    nan_at_step: int | None = None  # training_loss returns NaN at this step
+
+    def __post_init__(self) -> None:
+        if self.n < 1:
+            raise FieldError("n", f"must be >= 1, got {self.n}")
+
+
+@dataclass
+class ToyNet:
+    hidden: int = 16
+    dropout: float = 0.0
+
+
+class ToyMLP(nn.Module):
+    """``(x, t) -> y``: input ``(B, dim + 1)``, output ``(B, 1)``."""
+
+    def __init__(self, dim: int, hidden: int, dropout: float) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(dim + 1, hidden), nn.Tanh(), nn.Dropout(dropout), nn.Linear(hidden, 1))
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return self.net(torch.cat([x, t[:, None]], dim=1))
+
+
+if "_toy_mlp" not in NETS:
+    NETS.register("_toy_mlp", config=ToyNet, help="test-only MLP")(lambda hidden, dropout, dim: ToyMLP(dim, hidden, dropout))
+
+
+class ToyModel(nn.Module):
+    """Regresses ``y + 0.1 * t * noise`` from ``(x with condition dropout, t)``; all draws from ``rng``."""
+
+    def __init__(self, net: nn.Module, cond_drop_prob: float, step_sleep: float = 0.0, nan_at_step: int | None = None) -> None:
+        super().__init__()
+        self.net, self.cond_drop_prob = net, cond_drop_prob
+        self.step_sleep, self.nan_at_step = step_sleep, nan_at_step
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return self.net(x, t)
+
+    def training_loss(self, batch: dict[str, torch.Tensor], rng: StepRandom) -> torch.Tensor:
+        x, y = batch["x"], batch["y"]
+        b = x.shape[0]
+        t = rng.rand(b)
+        noise = rng.randn(b, 1)
+        keep = (rng.rand(b, 1) >= self.cond_drop_prob).to(x.dtype)
+        loss = ((self(x * keep, t) - (y + 0.1 * t[:, None] * noise)) ** 2).mean()
+        if self.step_sleep:
+            time.sleep(self.step_sleep)
+        if self.nan_at_step is not None and rng.step == self.nan_at_step:
+            loss = loss * float("nan")
+        return loss
+
+
+class ToyDataset(torch.utils.data.Dataset):
+    def __init__(self, data: ToyData) -> None:
+        gen = torch.Generator().manual_seed(1234)
+        self.x = torch.randn(data.n, data.dim, generator=gen)
+        w = torch.linspace(-1.0, 1.0, data.dim)[:, None]
+        self.y = self.x @ w + data.noise * torch.randn(data.n, 1, generator=gen)
+
+    def __len__(self) -> int:
+        return self.x.shape[0]
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return {"x": self.x[i], "y": self.y[i]}
+
+
+def _write_hook(model: nn.Module, step: int, out: Path) -> None:
+    with torch.no_grad():
+        pred = model(torch.ones(1, model.net.net[0].in_features - 1), torch.zeros(1))
+    (out / f"step_{step:06d}.txt").write_text(f"{pred.item():.6f}\n")
+
+
+@dataclass
+class ToyReport:
+    """An extra config section (exercises ``Domain.extra_sections``)."""
+
+    label: str = "toy"
+
+
+class ToyDomain(Domain):
+    """Test-only domain (see the module docstring)."""
+
+    name = "toy"
+    data_config = ToyData
+    extra_sections = {"report": ToyReport}
+
+    def build_model(self, cfg: Config) -> nn.Module:
+        if cfg.net is None:
+            raise ValueError("the toy domain needs a `net:` section")
+        net = cfg.net.build(dim=cfg.data.dim)
+        return ToyModel(net, cfg.loss.cond_drop_prob, cfg.data.step_sleep, cfg.data.nan_at_step)
+
+    def setup(self, cfg: Config) -> TrainSetup:
+        return TrainSetup(model=self.build_model(cfg), dataset=ToyDataset(cfg.data), sample_hook=_write_hook)
+
+    def sample(self, run: Run, args: argparse.Namespace) -> None:
+        settings = run.sample_config(args)
+        gen = torch.Generator().manual_seed(settings.seed)
+        x = torch.randn(settings.n, run.config.data.dim, generator=gen)
+        with torch.no_grad():
+            y = run.model(x, torch.zeros(settings.n))
+        out = run.output_dir(args)
+        out.mkdir(parents=True, exist_ok=True)
+        with open(out / "samples.csv", "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow([f"x{i}" for i in range(x.shape[1])] + ["y"])
+            writer.writerows(torch.cat([x, y], dim=1).tolist())
+
+    def evaluate(self, run: Run, args: argparse.Namespace) -> dict[str, Any]:
+        data = ToyDataset(run.config.data)
+        with torch.no_grad():
+            mse = ((run.model(data.x, torch.zeros(len(data))) - data.y) ** 2).mean().item()
+        return {"mse": mse, "step": run.step, "label": run.config.extra["report"].label}
+
+    def add_commands(self, subparsers: argparse._SubParsersAction) -> None:
+        p = subparsers.add_parser("toy-info", help="print a toy run's step")
+        p.add_argument("run_dir")
+        p.set_defaults(func=_toy_info)
+
+
+def _toy_info(args: argparse.Namespace) -> int:
+    from sciffusion.domain import load_run
+
+    print(f"toy run at step {load_run(args.run_dir, device='cpu').step}")
+    return 0
+
+
+if "toy" not in DOMAINS:
+    DOMAINS.register("toy", help="test-only 2-D regression")(ToyDomain)
+
+
+def write_toy_config(path: Path, run_dir: Path, **sections: dict[str, Any]) -> Path:
+    """Write a small toy config (CPU, no progress bar) to ``path``; ``sections`` update its sections."""
+    cfg: dict[str, Any] = {
+        "domain": "toy",
+        "seed": 7,
+        "run_dir": str(run_dir),
+        "net": {"name": "_toy_mlp", "hidden": 16, "dropout": 0.0},
+        "data": {},
+        "trainer": {
+            "max_steps": 12, "batch_size": 8, "lr": 0.01, "warmup_steps": 2, "log_every": 2,
+            "checkpoint_every": 4, "ema_decay": 0.9, "device": "cpu", "progress": False,
+        },
+    }
+    for key, value in sections.items():
+        cfg[key] = {**cfg.get(key, {}), **value} if isinstance(value, dict) else value
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return path
+
+
+if __name__ == "__main__":
+    from sciffusion.cli import main
+
+    sys.exit(main())
