@@ -190,3 +190,14 @@ def _clipped(denoise, processes: dict[str, GaussianProcess], bound: float, index
         return out
 
     return wrapped
+
+
+def diffusion_model_from_config(net: nn.Module, processes: dict[str, GaussianProcess], loss: Any) -> DiffusionModel:
+    """Build a :class:`DiffusionModel` from a validated ``loss:`` config section (:class:`sciffusion.config.LossConfig`)."""
+    loc, scale = {
+        "logit_normal": (loss.logit_normal_mean, loss.logit_normal_std),
+        "log_normal": (loss.log_normal_mean, loss.log_normal_std),
+    }.get(loss.time_sampler, (None, None))
+    drop = loss.cond_drop_prob if hasattr(net, "drop_condition") else 0.0
+    return DiffusionModel(net, processes, weighting=loss.weighting, min_snr_gamma=loss.min_snr_gamma,
+                          time_sampler=loss.time_sampler, time_loc=loc, time_scale=scale, cond_drop_prob=drop)

@@ -1,0 +1,117 @@
+"""The images domain adapter (registered as ``images``)."""
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from sciffusion.config import Config
+from sciffusion.domain import Domain, Run, TrainSetup
+from sciffusion.domains.images.data import LabelledImages, load_digits_splits
+from sciffusion.domains.images.metrics import DigitsClassifier, accuracy, frechet_distance, train_classifier
+from sciffusion.domains.images.plots import save_grid
+from sciffusion.model import DiffusionModel, diffusion_model_from_config
+from sciffusion.registry import DOMAINS
+
+NUM_CLASSES = 10
+
+
+@dataclass
+class ImagesData:
+    """``data:`` section of an images config."""
+
+    dataset: Literal["digits"] = "digits"
+    test_fraction: float = 0.2
+    split_seed: int = 0
+
+
+@torch.no_grad()
+def class_conditional_samples(model: DiffusionModel, per_class: int, solver: str, steps: int, guidance_scale: float,
+                              seed: int, batch_size: int = 500, eta: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """``per_class`` samples of every digit: images ``(10 * per_class, 1, 8, 8)`` and their labels, class-major."""
+    labels = torch.arange(NUM_CLASSES).repeat_interleave(per_class)
+    gen = torch.Generator().manual_seed(seed)
+    device = next(model.parameters()).device
+    out = []
+    for i in range(0, len(labels), batch_size):
+        lab = labels[i:i + batch_size].to(device)
+        x = model.sample({"image": (len(lab), 1, 8, 8)}, cond={"label": lab}, solver=solver, steps=steps, eta=eta,
+                         guidance_scale=guidance_scale, generator=gen, clip_x0=1.0)
+        out.append(x["image"].clamp(-1, 1).cpu())
+    return torch.cat(out), labels
+
+
+def cached_classifier(run_dir: Path, data: ImagesData) -> DigitsClassifier:
+    """The evaluation classifier trained on the real train split, cached in ``RUN_DIR/evaluator``."""
+    path = run_dir / "evaluator" / f"digits_classifier_split{data.split_seed}.safetensors"
+    clf = DigitsClassifier()
+    if path.is_file():
+        clf.load_state_dict(load_file(str(path)))
+        return clf.eval()
+    train, _ = load_digits_splits(data.test_fraction, data.split_seed)
+    clf = train_classifier(train)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    save_file(clf.state_dict(), str(tmp))
+    tmp.replace(path)
+    return clf
+
+
+@DOMAINS.register("images", help="class-conditional images (embedded default: sklearn 8x8 digits)")
+class ImagesDomain(Domain):
+    name = "images"
+    data_config = ImagesData
+
+    def build_model(self, cfg: Config) -> DiffusionModel:
+        net = cfg.net.build(num_classes=NUM_CLASSES)
+        return diffusion_model_from_config(net, {"image": cfg.process.build()}, cfg.loss)
+
+    def setup(self, cfg: Config) -> TrainSetup:
+        train, _ = load_digits_splits(cfg.data.test_fraction, cfg.data.split_seed)
+        model = self.build_model(cfg)
+        sc = cfg.sample
+
+        def hook(ema_model: torch.nn.Module, step: int, out_dir: Path) -> None:
+            images, _ = class_conditional_samples(ema_model, 10, sc.solver, sc.steps, sc.guidance_scale, sc.seed)
+            save_grid(images, out_dir / f"step{step:07d}.png", rows=NUM_CLASSES, title=f"step {step}",
+                      row_labels=[str(d) for d in range(NUM_CLASSES)])
+
+        return TrainSetup(model=model, dataset=LabelledImages(train), sample_hook=hook)
+
+    def sample(self, run: Run, args: argparse.Namespace) -> None:
+        sc = run.sample_config(args)
+        per_class = max(1, -(-sc.n // NUM_CLASSES))
+        images, labels = class_conditional_samples(run.model, per_class, sc.solver, sc.steps, sc.guidance_scale, sc.seed,
+                                                   sc.batch_size, sc.eta)
+        out = Path(args.out) if getattr(args, "out", None) else run.run_dir / "samples" / "samples.png"
+        if out.suffix != ".png":
+            out = out / "samples.png"
+        title = f"{sc.solver}, {sc.steps} steps, CFG scale {sc.guidance_scale:g}"
+        save_grid(images, out, rows=NUM_CLASSES, title=title, row_labels=[str(d) for d in range(NUM_CLASSES)])
+        tmp = out.with_suffix(".tmp.pt")
+        torch.save({"images": images, "labels": labels}, tmp)
+        tmp.replace(out.with_suffix(".pt"))
+        print(f"wrote {out} ({len(images)} samples, {per_class} per class)")
+
+    def evaluate(self, run: Run, args: argparse.Namespace) -> dict[str, Any]:
+        sc = run.sample_config(args)
+        data: ImagesData = run.config.data
+        train, test = load_digits_splits(data.test_fraction, data.split_seed)
+        clf = cached_classifier(run.run_dir, data)
+        per_class = max(1, -(-sc.n // NUM_CLASSES))
+        images, labels = class_conditional_samples(run.model, per_class, sc.solver, sc.steps, sc.guidance_scale, sc.seed,
+                                                   sc.batch_size, sc.eta)
+        metrics = {
+            "solver": sc.solver, "steps": sc.steps, "guidance_scale": sc.guidance_scale, "n_samples": len(images),
+            "class_accuracy": accuracy(clf, images, labels),
+            "frechet_distance_vs_test": frechet_distance(clf, images, test.images),
+            "frechet_floor_train_vs_test": frechet_distance(clf, train.images, test.images),
+            "classifier_accuracy_real_test": accuracy(clf, test.images, test.labels),
+        }
+        print(json.dumps(metrics, indent=2))
+        return metrics
