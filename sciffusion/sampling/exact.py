@@ -1,0 +1,194 @@
+"""Exact targets for testing solvers: a Gaussian mixture with its exact denoiser on any Gaussian path.
+
+For data ``x0 ~ sum_k w_k N(mu_k, S_k)`` and a path ``x_t = alpha x0 + sigma eps`` the noised marginal is
+again a mixture, ``p_t(x) = sum_k w_k N(x; alpha mu_k, alpha^2 S_k + sigma^2 I)``, and the posterior mean
+``E[x0 | x_t]`` (the ideal denoiser), the ideal noise prediction ``E[eps | x_t]`` and the score
+``grad log p_t`` are closed-form. Any solver driven by :meth:`GaussianMixture.denoiser` therefore sees a
+perfect network, so every error it makes is the solver's (time discretisation, or sampling noise).
+
+With eigen-decompositions ``S_k = U_k diag(l_k) U_k^T`` and ``z_k = U_k^T (x - alpha mu_k)``,
+``d_k = alpha^2 l_k + sigma^2``:
+
+* ``E[x0 | x_t, k]  = mu_k + U_k (alpha l_k / d_k * z_k)``,
+* ``E[eps | x_t, k] = U_k (sigma / d_k * z_k)``,
+
+both finite at ``alpha = 0`` (flow prior) and at ``sigma = 0`` (clean data), and averaged with the
+component responsibilities ``r_k(x_t)``.
+
+:func:`sliced_wasserstein` compares sample sets (e.g. solver samples against fresh true samples).
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+from torch import Tensor
+
+from sciffusion.processes import GaussianProcess, Prediction
+
+State = dict[str, Tensor]
+
+
+class GaussianMixture:
+    """A Gaussian mixture in ``D`` dimensions with ``K`` components and full covariances.
+
+    Args:
+        weights: mixture weights ``(K,)``, positive (normalised here).
+        means: component means ``(K, D)``.
+        covariances: component covariances ``(K, D, D)``, symmetric positive definite.
+    All are stored in float64; outputs follow the dtype of the input points.
+    """
+
+    def __init__(self, weights: Tensor | Sequence[float], means: Tensor | Sequence[Sequence[float]],
+                 covariances: Tensor | Sequence) -> None:
+        w, mu, cov = (_as_float64(v) for v in (weights, means, covariances))
+        if w.dim() != 1 or mu.dim() != 2 or cov.dim() != 3:
+            raise ValueError(f"expected weights (K,), means (K, D), covariances (K, D, D); got "
+                             f"{tuple(w.shape)}, {tuple(mu.shape)}, {tuple(cov.shape)}")
+        k, d = mu.shape
+        if w.shape[0] != k or cov.shape != (k, d, d):
+            raise ValueError(f"mixture shapes disagree: weights {tuple(w.shape)}, means {tuple(mu.shape)}, "
+                             f"covariances {tuple(cov.shape)}")
+        if not bool((w > 0).all()):
+            raise ValueError("mixture weights must be positive")
+        if not torch.allclose(cov, cov.transpose(1, 2)):
+            raise ValueError("mixture covariances must be symmetric")
+        eigvals, eigvecs = torch.linalg.eigh(cov)
+        if not bool((eigvals > 0).all()):
+            raise ValueError("mixture covariances must be positive definite")
+        self.weights = w / w.sum()
+        self.means = mu
+        self.covariances = cov
+        self._eigvals = eigvals  # (K, D)
+        self._chol = torch.linalg.cholesky(cov)
+        self._log_weights = torch.log(self.weights)
+        self._rotate = eigvecs.permute(1, 0, 2).reshape(mu.shape[1], -1)  # (D, K*D): x @ it = [U_k^T x]_k
+        self._rotated_means = torch.einsum("kji,kj->ki", eigvecs, mu)  # (K, D): U_k^T mu_k
+
+    @property
+    def dim(self) -> int:
+        return self.means.shape[1]
+
+    @property
+    def n_components(self) -> int:
+        return self.means.shape[0]
+
+    # -- the data distribution -------------------------------------------------------------------
+    def mean(self) -> Tensor:
+        """Mean of the mixture ``(D,)``."""
+        return self.weights @ self.means
+
+    def covariance(self) -> Tensor:
+        """Covariance of the mixture ``(D, D)`` (law of total covariance)."""
+        m = self.mean()
+        centred = self.means - m
+        return torch.einsum("k,kij->ij", self.weights, self.covariances) + torch.einsum("k,ki,kj->ij", self.weights, centred, centred)
+
+    def sample(self, n: int, generator: torch.Generator | None = None, dtype: torch.dtype = torch.float64) -> Tensor:
+        """``n`` independent draws ``(n, D)``."""
+        comp = torch.multinomial(self.weights, n, replacement=True, generator=generator)
+        z = torch.randn(n, self.dim, generator=generator, dtype=torch.float64)
+        x = self.means[comp] + torch.einsum("nij,nj->ni", self._chol[comp], z)
+        return x.to(dtype)
+
+    def log_prob(self, x: Tensor) -> Tensor:
+        """Log density of clean data at ``x`` ``(B, D)`` -> ``(B,)``."""
+        one = torch.ones(x.shape[0], dtype=torch.float64, device=x.device)
+        return self.noised_log_prob(x, one, torch.zeros_like(one))
+
+    # -- the noised marginals and the ideal denoiser ---------------------------------------------
+    def _components(self, x_t: Tensor, alpha: Tensor, sigma: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        """Per component ``k``: ``log w_k N(x_t; alpha mu_k, alpha^2 S_k + sigma^2 I)`` ``(B, K)``, the rotated
+        residual ``z = U_k^T (x_t - alpha mu_k)`` ``(B, K, D)``, its variances ``d`` and ``alpha, sigma``
+        reshaped to broadcast against ``d``: ``(B', K, D)``, ``(B', 1, 1)`` with ``B'`` 1 or ``B``."""
+        x = x_t.to(torch.float64)
+        a, s = _per_sample(alpha, sigma)
+        k, dim = self.means.shape
+        z = (x @ self._rotate).reshape(-1, k, dim) - a * self._rotated_means[None]  # (B, K, D)
+        d = a**2 * self._eigvals[None] + s**2  # (B', K, D)
+        if d.shape[0] == 1:  # one time for the whole batch: the quadratic form is a single matrix product
+            quad = (z * z).flatten(1) @ _block_columns(1 / d[0])  # (B, K)
+        else:
+            quad = (z * z / d).sum(-1)
+        log_n = -0.5 * quad - 0.5 * torch.log(d).sum(-1) - 0.5 * dim * math.log(2 * math.pi)
+        return self._log_weights[None] + log_n, z, d, a, s
+
+    def noised_log_prob(self, x_t: Tensor, alpha: Tensor, sigma: Tensor) -> Tensor:
+        """``log p_t(x_t)`` for points ``(B, D)`` at path coefficients ``alpha, sigma`` (B,) -> ``(B,)``."""
+        log_joint = self._components(x_t, alpha, sigma)[0]
+        return torch.logsumexp(log_joint, dim=1).to(x_t.dtype)
+
+    def predict(self, x_t: Tensor, alpha: Tensor, sigma: Tensor) -> Prediction:
+        """Exact ``E[x0 | x_t]`` and ``E[eps | x_t]`` for points ``(B, D)``; ``alpha, sigma`` are ``(B,)``.
+
+        ``E[x0|x_t] = sum_k r_k (mu_k + U_k (alpha l_k / d_k) z_k)``, ``E[eps|x_t] = sum_k r_k U_k (sigma / d_k) z_k``.
+        """
+        log_joint, z, d, a, s = self._components(x_t, alpha, sigma)
+        resp = torch.softmax(log_joint, dim=1)  # (B, K)
+        back = self._rotate.T  # (K*D, D): maps stacked rotated coordinates back and sums over k
+        x0_gain, eps_gain = a * self._eigvals[None] / d, s / d  # (B', K, D)
+        if d.shape[0] == 1:
+            rz = (resp[:, :, None] * z).flatten(1)  # (B, K*D)
+            x0 = resp @ self.means + rz @ (x0_gain.reshape(-1, 1) * back)
+            eps = rz @ (eps_gain.reshape(-1, 1) * back)
+        else:
+            rz = resp[:, :, None] * z
+            x0 = resp @ self.means + (x0_gain * rz).flatten(1) @ back
+            eps = (eps_gain * rz).flatten(1) @ back
+        return Prediction(x0=x0.to(x_t.dtype), eps=eps.to(x_t.dtype))
+
+    def score(self, x_t: Tensor, alpha: Tensor, sigma: Tensor) -> Tensor:
+        """``grad_x log p_t(x_t)`` ``(B, D)`` (needs ``sigma > 0`` or a clean density: ``-E[eps|x_t] / sigma``)."""
+        pred = self.predict(x_t, alpha, sigma)
+        return -pred.eps / sigma.to(x_t.dtype).reshape(-1, 1)
+
+    def denoiser(self, process: GaussianProcess, field: str = "x"):
+        """A perfect denoiser for :func:`sciffusion.sampling.solve`: ``(state, t (B,)) -> {field: Prediction}``.
+
+        The state holds one dense field ``(B, D)`` on ``process``'s path.
+        """
+
+        def denoise(x: State, t: Tensor) -> dict[str, Prediction]:
+            alpha, sigma = process.alpha_sigma(t.to(torch.float64))
+            return {field: self.predict(x[field], alpha, sigma)}
+
+        return denoise
+
+
+def _per_sample(alpha: Tensor, sigma: Tensor) -> tuple[Tensor, Tensor]:
+    """``alpha, sigma`` (B,) as float64 ``(B, 1, 1)``, or ``(1, 1, 1)`` when the whole batch shares one time
+    (the usual case inside a solver), which keeps the per-component variances at ``(1, K, D)``."""
+    a, s = alpha.to(torch.float64), sigma.to(torch.float64)
+    if a.numel() > 1 and bool((a == a[0]).all()) and bool((s == s[0]).all()):
+        a, s = a[:1], s[:1]
+    return a.reshape(-1, 1, 1), s.reshape(-1, 1, 1)
+
+
+def _block_columns(values: Tensor) -> Tensor:
+    """``(K, D)`` -> ``(K*D, K)`` with ``values[k]`` in rows ``k*D .. k*D+D-1`` of column ``k``, zeros elsewhere."""
+    k, dim = values.shape
+    return (values[:, :, None] * torch.eye(k, dtype=values.dtype)[:, None, :]).reshape(k * dim, k)
+
+
+def _as_float64(value: Tensor | Sequence) -> Tensor:
+    if isinstance(value, (list, tuple)) and value and isinstance(value[0], Tensor):
+        return torch.stack([v.to(torch.float64) for v in value])
+    return torch.as_tensor(value, dtype=torch.float64)
+
+
+def sliced_wasserstein(a: Tensor, b: Tensor, projections: int = 512, seed: int = 0, p: int = 2) -> float:
+    """Sliced Wasserstein-``p`` distance between two equally sized sample sets ``(N, D)``.
+
+    ``(mean over random unit directions u of W_p^p(a u, b u))^(1/p)``, each 1-D ``W_p`` from sorted
+    projections. The directions are drawn from a generator seeded with ``seed``, so two calls with the
+    same seed use the same directions.
+    """
+    if a.dim() != 2 or a.shape != b.shape:
+        raise ValueError(f"sliced_wasserstein needs two (N, D) sets of equal shape, got {tuple(a.shape)} and {tuple(b.shape)}")
+    gen = torch.Generator().manual_seed(seed)
+    dirs = torch.randn(a.shape[1], projections, generator=gen, dtype=torch.float64)
+    dirs = dirs / dirs.norm(dim=0, keepdim=True)
+    pa = torch.sort(a.to(torch.float64) @ dirs, dim=0).values
+    pb = torch.sort(b.to(torch.float64) @ dirs, dim=0).values
+    return float((pa - pb).abs().pow(p).mean() ** (1.0 / p))
