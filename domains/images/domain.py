@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -46,9 +47,15 @@ def class_conditional_samples(model: DiffusionModel, per_class: int, solver: str
     return torch.cat(out), labels
 
 
-def cached_classifier(run_dir: Path, data: ImagesData) -> DigitsClassifier:
-    """The evaluation classifier trained on the real train split, cached in ``RUN_DIR/evaluator``."""
-    path = run_dir / "evaluator" / f"digits_classifier_split{data.split_seed}.safetensors"
+def cache_dir() -> Path:
+    """Where derived artefacts (evaluation classifiers) are cached: ``$SCIFFUSION_CACHE`` or ``~/.cache/sciffusion``."""
+    return Path(os.environ.get("SCIFFUSION_CACHE", Path.home() / ".cache" / "sciffusion"))
+
+
+def cached_classifier(data: ImagesData) -> DigitsClassifier:
+    """The evaluation classifier, trained deterministically on the real train split once and cached."""
+    name = f"digits_classifier_v1_split{data.split_seed}_{int(round(data.test_fraction * 1000))}.safetensors"
+    path = cache_dir() / name
     clf = DigitsClassifier()
     if path.is_file():
         clf.load_state_dict(load_file(str(path)))
@@ -56,7 +63,7 @@ def cached_classifier(run_dir: Path, data: ImagesData) -> DigitsClassifier:
     train, _ = load_digits_splits(data.test_fraction, data.split_seed)
     clf = train_classifier(train)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
     save_file(clf.state_dict(), str(tmp))
     tmp.replace(path)
     return clf
@@ -102,7 +109,7 @@ class ImagesDomain(Domain):
         sc = run.sample_config(args)
         data: ImagesData = run.config.data
         train, test = load_digits_splits(data.test_fraction, data.split_seed)
-        clf = cached_classifier(run.run_dir, data)
+        clf = cached_classifier(data)
         per_class = max(1, -(-sc.n // NUM_CLASSES))
         images, labels = class_conditional_samples(run.model, per_class, sc.solver, sc.steps, sc.guidance_scale, sc.seed,
                                                    sc.batch_size, sc.eta)
