@@ -24,10 +24,9 @@ import yaml
 
 import sciffusion.registry as registry
 from sciffusion.config import load_components, load_config
-from sciffusion.domain import DOMAINS, get_domain, import_all_domains, load_run
-from sciffusion.train.checkpoint import write_json_atomic
-from sciffusion.train.distributed import env_rank
-from sciffusion.train.trainer import TrainingDiverged, train
+from sciffusion.train.errors import TrainingDiverged
+
+# torch and the domains are imported inside the commands, so that `train missing.yaml` fails fast
 
 __all__ = ["build_parser", "main"]
 
@@ -76,8 +75,10 @@ def build_parser(with_domains: bool = True) -> tuple[argparse.ArgumentParser, di
 
     failed: dict[str, str] = {}
     if with_domains:
+        from sciffusion.domain import get_domain, import_all_domains
+
         failed = import_all_domains()
-        for name in DOMAINS.names():
+        for name in registry.DOMAINS.names():
             get_domain(name).add_commands(sub)
     return parser, failed
 
@@ -85,8 +86,16 @@ def build_parser(with_domains: bool = True) -> tuple[argparse.ArgumentParser, di
 # ------------------------------------------------------------------------------------ commands
 
 
+def env_rank() -> int:
+    """This process's rank under torchrun (0 otherwise)."""
+    return int(os.environ.get("RANK", "0"))
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
-    cfg = load_config(args.config, args.overrides)
+    cfg = load_config(args.config, args.overrides)  # a missing file fails before torch is imported
+
+    from sciffusion.train.trainer import train
+
     result = train(cfg, resume=args.resume)
     if env_rank() == 0:
         print(f"trained to step {result.step}; run folder: {result.run_dir}")
@@ -94,12 +103,17 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_sample(args: argparse.Namespace) -> int:
+    from sciffusion.domain import load_run
+
     run = load_run(args.run_dir, device=args.device)
     run.domain.sample(run, args)
     return 0
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from sciffusion.domain import load_run
+    from sciffusion.train.checkpoint import write_json_atomic
+
     run = load_run(args.run_dir, device=args.device)
     metrics = run.domain.evaluate(run, args)
     if not isinstance(metrics, dict):
@@ -126,6 +140,8 @@ def _display(path: Path) -> str:
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
+    from sciffusion.domain import import_all_domains
+
     failed = import_all_domains()
     load_components()
     lines = ["configs:"]
@@ -140,14 +156,15 @@ def _cmd_list(args: argparse.Namespace) -> int:
     if not found:
         lines.append("  (none found under ./configs)")
     lines.append("domains:")
-    for name in sorted(set(DOMAINS.names()) | set(failed)):
-        if name in failed:
-            lines.append(f"  {name:<16} unavailable: {failed[name]}")
-        else:
-            lines.append(f"  {name:<16} {DOMAINS.get(name).help}")
+    names = sorted(set(registry.DOMAINS.names()) | set(failed))
+    width = max((len(n) for n in names), default=0) + 2
+    for name in names:
+        text = f"unavailable: {failed[name]}" if name in failed else registry.DOMAINS.get(name).help
+        lines.append(f"  {name:<{width}}{text}")
     for title, reg in (("nets", registry.NETS), ("processes", registry.PROCESSES), ("solvers", registry.SOLVERS), ("guidance", registry.GUIDANCE)):
         lines.append(f"{title}:")
-        lines.extend(f"  {e.name:<16} {e.help}" for e in reg.entries())
+        width = max((len(n) for n in reg.names()), default=0) + 2
+        lines.extend(f"  {e.name:<{width}}{e.help}" for e in reg.entries())
         if not reg.names():
             lines.append("  (none registered)")
     print("\n".join(lines))
@@ -162,12 +179,23 @@ def _error(message: object) -> None:
         print("sciffusion: error: " + " ".join(str(message).split()), file=sys.stderr)
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is at the time of the record (it may be replaced)."""
+
+    @property  # type: ignore[override]
+    def stream(self):  # noqa: ANN201
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:  # noqa: ANN001
+        pass
+
+
 def _configure_logging() -> None:
     logger = logging.getLogger("sciffusion")
-    if not any(getattr(h, "_sciffusion", False) for h in logger.handlers):
-        handler = logging.StreamHandler(sys.stderr)
+    if not any(isinstance(h, _StderrHandler) for h in logger.handlers):
+        handler = _StderrHandler()
         handler.setFormatter(logging.Formatter("sciffusion: %(message)s"))
-        handler._sciffusion = True  # type: ignore[attr-defined]
         logger.addHandler(handler)
         logger.propagate = False
     logger.setLevel(logging.INFO if env_rank() == 0 else logging.WARNING)

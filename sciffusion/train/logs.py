@@ -69,17 +69,19 @@ def plot_metrics(csv_path: str | Path, png_path: str | Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import pandas as pd
 
-    table = pd.read_csv(csv_path)
-    if table.empty:
+    with open(csv_path, newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    if not rows:
         return
+    steps = [int(r["step"]) for r in rows]
+    losses = [float(r["loss"]) for r in rows]
     fig, (ax_loss, ax_lr) = plt.subplots(1, 2, figsize=(9, 3.2))
-    ax_loss.plot(table["step"], table["loss"], lw=1.2)
-    if (table["loss"] > 0).all():
+    ax_loss.plot(steps, losses, lw=1.2)
+    if all(v > 0 for v in losses):
         ax_loss.set_yscale("log")
     ax_loss.set(xlabel="step", ylabel="training loss", title="loss")
-    ax_lr.plot(table["step"], table["lr"], lw=1.2, color="tab:orange")
+    ax_lr.plot(steps, [float(r["lr"]) for r in rows], lw=1.2, color="tab:orange")
     ax_lr.set(xlabel="step", ylabel="learning rate", title="learning rate")
     for ax in (ax_loss, ax_lr):
         ax.grid(alpha=0.3)

@@ -16,12 +16,14 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import random
 import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, ContextManager
 
+import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
@@ -41,23 +43,18 @@ from sciffusion.train.checkpoint import (
     save_checkpoint,
     write_text_atomic,
 )
+from sciffusion.train.errors import ResumeError, TrainingDiverged
 from sciffusion.train.distributed import DistInfo, all_reduce_mean, barrier, init_distributed, shutdown
 from sciffusion.train.logs import MetricsLog, plot_metrics
 
 if TYPE_CHECKING:
     from sciffusion.domain import TrainSetup
 
-__all__ = ["ResumeError", "TrainResult", "Trainer", "TrainingDiverged", "check_run_dir", "ema_decay_at", "lr_at", "step_seed", "train"]
+__all__ = ["ResumeError", "TrainResult", "Trainer", "TrainingDiverged", "check_run_dir", "ema_decay_at", "lr_at", "seed_everything", "step_seed", "train"]
 
 log = logging.getLogger("sciffusion")
 
-
-class TrainingDiverged(RuntimeError):
-    """The loss or the gradient norm became NaN/Inf; the message names the step and the last checkpoint."""
-
-
-class ResumeError(ValueError):
-    """``--resume`` / fresh-start conflicts with what the run folder holds."""
+PLOT_INTERVAL_S = 120.0  # loss.png is redrawn at checkpoints at most this often, and at the end
 
 
 @dataclass
@@ -97,6 +94,13 @@ def ema_decay_at(num_averaged: int, decay: float, warmup: bool) -> float:
 def step_seed(seed: int, step: int, rank: int) -> int:
     """Seed of ``torch.manual_seed`` before step ``step`` on ``rank`` (dropout and other global-RNG use)."""
     return (seed * 998_244_353 + step * 1_000_000_007 + rank * 19_260_817 + 1) % (2**63 - 1)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's, NumPy's and torch's global generators (done before a domain builds its model)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
 
 
 def check_run_dir(run_dir: str | Path, resume: bool) -> Path | None:
@@ -295,6 +299,7 @@ class Trainer:
         last_ckpt_step = start if self.resume_from is not None else None
         window_loss, window_norm, window_steps, window_start = 0.0, 0.0, 0, time.perf_counter()
         smooth_loss: float | None = None
+        last_plot = time.perf_counter()
         loss_value = float("nan")
         self.model.train()
         try:
@@ -354,7 +359,9 @@ class Trainer:
                 if (tc.checkpoint_every and step % tc.checkpoint_every == 0) or step == tc.max_steps:
                     if main:
                         self._save()
-                        plot_metrics(self.run_dir / "metrics.csv", self.run_dir / "loss.png")
+                        if step == tc.max_steps or time.perf_counter() - last_plot > PLOT_INTERVAL_S:
+                            plot_metrics(self.run_dir / "metrics.csv", self.run_dir / "loss.png")
+                            last_plot = time.perf_counter()
                     barrier(info)
                     last_ckpt_step = step
                 window_start += time.perf_counter() - pause_start
@@ -372,5 +379,6 @@ def train(cfg: Config, resume: bool = False) -> TrainResult:
     from sciffusion.domain import get_domain
 
     check_run_dir(cfg.run_dir, resume)  # fail before a possibly slow data set-up
+    seed_everything(cfg.seed)  # model initialisation and any data shuffling follow the run seed
     setup = get_domain(cfg.domain).setup(cfg)
     return Trainer(cfg, setup, resume=resume).fit()
