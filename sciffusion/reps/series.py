@@ -206,66 +206,85 @@ def stitch_windows(windows: np.ndarray, starts: np.ndarray, skip: np.ndarray, le
 
 
 class SeriesWindows(Dataset):
-    """Windows of one normalised series as model-ready dicts.
+    """Windows of one or more normalised series segments as model-ready dicts.
 
-    Each item holds ``values`` ``(K, L)`` (normalised, 0 where missing), ``observed_mask`` ``(K, L)``,
-    ``cond_mask`` ``(K, L)`` (entries the model may see; equals ``observed_mask`` unless
-    ``cond_mask`` is given, e.g. the evaluation inputs of a benchmark), ``pattern_mask`` ``(K, L)``
-    (another window's observed mask, for the historical training mask), ``time`` ``(L,)`` (stamps in
-    steps, relative to the window start) and ``skip`` (points already covered by an earlier window).
+    Windows never cross a segment boundary (e.g. months, or separate recordings). Each item holds
+    ``values`` ``(K, L)`` (normalised, 0 where missing), ``observed_mask`` ``(K, L)``, ``cond_mask``
+    ``(K, L)`` (entries the model may see: ``observed_mask`` unless ``cond_masks`` are given, e.g.
+    the evaluation inputs of a benchmark), ``pattern_mask`` ``(K, L)`` (the observed mask of another
+    window, for the historical training mask), ``time`` ``(L,)`` (stamps in steps relative to the
+    window start), ``skip`` (leading points an earlier window of the segment already covers),
+    ``segment`` and ``start``.
 
     Args:
-        series: the series (NaN = missing).
+        segments: one series or a list of them (same features).
         normalizer: fitted normaliser.
-        window: window length ``L``; series shorter than ``L`` are padded with unobserved points.
-        stride: start spacing (default ``L``).
-        cond_mask: optional ``(K, N)`` bool: observed entries the model is allowed to see.
-        pattern_pool: window indices whose observed masks may serve as historical patterns
-            (default: all windows).
+        window: window length ``L``; a segment shorter than ``L`` is padded with unobserved points.
+        stride: start spacing inside a segment (default ``L``).
+        cond_masks: optional ``(K, N_i)`` bool per segment: observed entries the model may see.
+        pattern_segments: segments whose windows may lend historical patterns (default: all).
         seed: fixes which window lends each window its pattern.
+        step: time unit for the stamps (default: the first segment's typical step).
     """
 
-    def __init__(self, series: Series, normalizer: FeatureNormalizer, window: int, stride: int | None = None,
-                 cond_mask: np.ndarray | None = None, pattern_pool: np.ndarray | None = None, seed: int = 0) -> None:
-        self.series = series
+    def __init__(self, segments: Series | Sequence[Series], normalizer: FeatureNormalizer, window: int,
+                 stride: int | None = None, cond_masks: Sequence[np.ndarray] | None = None,
+                 pattern_segments: Sequence[int] | None = None, seed: int = 0, step: Any = None) -> None:
+        self.segments = [segments] if isinstance(segments, Series) else list(segments)
+        if not self.segments:
+            raise SeriesError("no series segments to cut into windows")
+        if cond_masks is not None and len(cond_masks) != len(self.segments):
+            raise SeriesError(f"{len(cond_masks)} conditioning masks for {len(self.segments)} segments")
         self.window = window
-        self.starts, self.skip = window_starts(series.length, window, stride)
-        observed = series.observed_mask
-        normalised = np.where(observed, normalizer.transform(np.nan_to_num(series.values)), 0.0)
-        time = series.time
-        pad = max(0, window - series.length)
-        if pad:
-            normalised = np.pad(normalised, ((0, 0), (0, pad)))
-            observed = np.pad(observed, ((0, 0), (0, pad)))
-            last = time[-1] if len(time) else 0.0
-            time = np.concatenate([time, last + np.arange(1, pad + 1)])
-            if cond_mask is not None:
-                cond_mask = np.pad(cond_mask, ((0, 0), (0, pad)))
-        self._values = torch.as_tensor(normalised, dtype=torch.float32)
-        self._observed = torch.as_tensor(observed, dtype=torch.float32)
-        cond = observed if cond_mask is None else (np.asarray(cond_mask, bool) & observed)
-        self._cond = torch.as_tensor(cond, dtype=torch.float32)
-        self._time = torch.as_tensor(time, dtype=torch.float32)
-        pool = np.arange(len(self.starts)) if pattern_pool is None else np.asarray(pattern_pool, np.int64)
+        step = self.segments[0].step if step is None else step
+        self._values, self._observed, self._cond, self._time = [], [], [], []
+        windows: list[tuple[int, int, int]] = []
+        for i, seg in enumerate(self.segments):
+            observed = seg.observed_mask
+            cond = observed if cond_masks is None else (np.asarray(cond_masks[i], bool) & observed)
+            normalised = np.where(observed, normalizer.transform(np.nan_to_num(seg.values)), 0.0)
+            time = time_in_steps(seg.index, step)
+            pad = max(0, window - seg.length)
+            if pad:
+                normalised = np.pad(normalised, ((0, 0), (0, pad)))
+                observed = np.pad(observed, ((0, 0), (0, pad)))
+                cond = np.pad(cond, ((0, 0), (0, pad)))
+                time = np.concatenate([time, time[-1] + np.arange(1, pad + 1)])
+            self._values.append(torch.as_tensor(normalised, dtype=torch.float32))
+            self._observed.append(torch.as_tensor(observed, dtype=torch.float32))
+            self._cond.append(torch.as_tensor(cond, dtype=torch.float32))
+            self._time.append(torch.as_tensor(time, dtype=torch.float32))
+            starts, skip = window_starts(seg.length, window, stride)
+            windows.extend((i, int(a), int(b)) for a, b in zip(starts, skip))
+        self.windows = np.asarray(windows, dtype=np.int64).reshape(-1, 3)  # (W, 3): segment, start, skip
+        allowed = range(len(self.segments)) if pattern_segments is None else list(pattern_segments)
+        pool = np.flatnonzero(np.isin(self.windows[:, 0], list(allowed)))
         if len(pool) == 0:
-            raise SeriesError("pattern_pool is empty")
-        rng = np.random.default_rng(seed)
-        self._pattern_of = pool[rng.integers(0, len(pool), size=len(self.starts))]
+            raise SeriesError("no window may lend a historical pattern (pattern_segments selects none)")
+        self._pattern_of = pool[np.random.default_rng(seed).integers(0, len(pool), size=len(self.windows))]
 
     def __len__(self) -> int:
-        return len(self.starts)
+        return len(self.windows)
 
-    def _cut(self, table: torch.Tensor, i: int) -> torch.Tensor:
-        start = int(self.starts[i])
-        return table[..., start:start + self.window]
+    def _cut(self, tables: list[torch.Tensor], i: int) -> torch.Tensor:
+        segment, start, _ = self.windows[i]
+        return tables[segment][..., start:start + self.window]
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         time = self._cut(self._time, i)
+        segment, start, skip = (int(v) for v in self.windows[i])
         return {
             "values": self._cut(self._values, i),
             "observed_mask": self._cut(self._observed, i),
             "cond_mask": self._cut(self._cond, i),
             "pattern_mask": self._cut(self._observed, int(self._pattern_of[i])),
             "time": time - time[0],
-            "skip": torch.tensor(int(self.skip[i])),
+            "skip": torch.tensor(skip),
+            "segment": torch.tensor(segment),
+            "start": torch.tensor(start),
         }
+
+    def stacked(self) -> dict[str, torch.Tensor]:
+        """All windows as one batch ``{key: (W, ...)}``."""
+        items = [self[i] for i in range(len(self))]
+        return {key: torch.stack([item[key] for item in items]) for key in items[0]}

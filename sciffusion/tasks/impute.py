@@ -1,0 +1,111 @@
+"""Imputation task adapter: conditional training and batched sampling of missing entries.
+
+Wraps a :class:`~sciffusion.model.DiffusionModel` whose network takes the conditioning as
+``cond = {"cond_values", "cond_mask", "time"}`` (e.g. the ``csdi`` net). Training hides observed
+entries chosen by a mask function and scores only those; sampling draws ``n`` samples of every
+window in one batch with any core solver and keeps the conditioning entries exactly (an
+:class:`~sciffusion.guidance.Inpaint` constraint).
+
+Batch format of :meth:`ImputationModel.training_loss` (what :class:`sciffusion.reps.series.SeriesWindows` yields)::
+
+    {"values": (B, K, L), "observed_mask": (B, K, L), "time": (B, L), "pattern_mask": (B, K, L) optional}
+"""
+from __future__ import annotations
+
+from typing import Callable, Iterator
+
+import torch
+from torch import Tensor, nn
+
+from sciffusion.guidance import Inpaint
+from sciffusion.model import DiffusionModel
+from sciffusion.rng import StepRandom
+
+MaskFn = Callable[[Tensor, Tensor | None, torch.Generator], Tensor]
+"""``(observed (B, K, L), pattern (B, K, L) | None, generator) -> cond_mask (B, K, L)``."""
+
+
+class ImputationModel(nn.Module):
+    """A diffusion model trained to fill hidden entries given the others.
+
+    Args:
+        diffusion: the diffusion model; its network reads ``cond_values``, ``cond_mask`` and ``time``.
+        mask_fn: training mask strategy (which observed entries the model may see).
+        field: name of the series field.
+    """
+
+    def __init__(self, diffusion: DiffusionModel, mask_fn: MaskFn, field: str = "values") -> None:
+        super().__init__()
+        self.diffusion = diffusion
+        self.mask_fn = mask_fn
+        self.field = field
+
+    def training_loss(self, batch: dict[str, Tensor], rng: StepRandom) -> Tensor:
+        """Denoising loss on the entries the mask strategy hid (observed but not conditioned on)."""
+        values, observed = batch["values"], batch["observed_mask"]
+        cond_mask = self.mask_fn(observed, batch.get("pattern_mask"), rng.fork(2_000).generator).to(values.dtype)
+        target_mask = observed * (1 - cond_mask)
+        cond = {"cond_values": values * cond_mask, "cond_mask": cond_mask, "time": batch["time"]}
+        return self.diffusion.training_loss(
+            {"fields": {self.field: values}, "cond": cond, "loss_mask": {self.field: target_mask}}, rng
+        )
+
+    @torch.no_grad()
+    def impute(self, values: Tensor, cond_mask: Tensor, time: Tensor, n_samples: int, solver: str = "ddpm",
+               steps: int = 50, eta: float = 0.0, max_batch: int = 2048, generator: torch.Generator | None = None) -> Tensor:
+        """Samples of every window, conditioned on its ``cond_mask`` entries.
+
+        All ``n_samples`` samples of a window are drawn together; windows are processed in chunks so
+        that one network batch holds at most ``max(max_batch, n_samples)`` series.
+
+        Args:
+            values: ``(B, K, L)`` normalised values (anything where ``cond_mask`` is 0).
+            cond_mask: ``(B, K, L)``, 1 where the model may see the value.
+            time: ``(B, L)`` time stamps.
+            n_samples: samples per window ``S``.
+        Returns:
+            ``(S, B, K, L)`` samples; conditioning entries equal ``values`` exactly.
+        """
+        if n_samples < 1:
+            raise ValueError(f"n_samples must be >= 1, got {n_samples}")
+        device = next(self.parameters()).device
+        out = []
+        for rows in _chunks(values.shape[0], max(1, max_batch // n_samples)):
+            v = values[rows].to(device)
+            m = cond_mask[rows].to(device=device, dtype=v.dtype)
+            v = v * m
+            tiled = lambda x: x.repeat_interleave(n_samples, dim=0)  # noqa: E731  (window-major: B*S rows)
+            cond = {"cond_values": tiled(v), "cond_mask": tiled(m), "time": tiled(time[rows].to(device))}
+            keep = Inpaint(values={self.field: cond["cond_values"]}, mask={self.field: cond["cond_mask"]}, noise_known=False)
+            x = self.diffusion.sample(shapes={self.field: tuple(cond["cond_values"].shape)}, cond=cond, solver=solver,
+                                      steps=steps, eta=eta, constraints=[keep], generator=generator)[self.field]
+            x = torch.where(cond["cond_mask"].bool(), cond["cond_values"], x)
+            out.append(x.reshape(len(v), n_samples, *v.shape[1:]).transpose(0, 1).cpu())
+        return torch.cat(out, dim=1)
+
+
+def _chunks(total: int, size: int) -> Iterator[slice]:
+    for start in range(0, total, size):
+        yield slice(start, min(start + size, total))
+
+
+def sample_quantiles(samples: Tensor, quantiles: tuple[float, ...] | list[float]) -> Tensor:
+    """Sample quantiles over the first axis, linear interpolation (as ``torch.quantile``), no size limit.
+
+    Args:
+        samples: ``(S, ...)``.
+    Returns:
+        ``(Q, ...)``.
+    """
+    ordered = torch.sort(samples, dim=0).values
+    count = samples.shape[0]
+    out = []
+    for q in quantiles:
+        if not 0.0 <= q <= 1.0:
+            raise ValueError(f"quantile must be in [0, 1], got {q}")
+        position = q * (count - 1)
+        lower = int(position // 1)
+        upper = min(lower + 1, count - 1)
+        weight = position - lower
+        out.append(ordered[lower] + weight * (ordered[upper] - ordered[lower]))
+    return torch.stack(out)
