@@ -75,7 +75,9 @@ class TrainSetup:
 
     Attributes:
         model: module with ``training_loss(batch, rng) -> torch.Tensor`` (a scalar).
-        dataset: map-style dataset; item ``i`` is whatever ``collate`` batches.
+        dataset: map-style dataset; item ``i`` is whatever ``collate`` batches. Item ``i`` should
+            be a pure function of ``i`` (draw augmentation in ``training_loss`` from ``rng``) so
+            that resumed and multi-process runs see exactly the same data.
         collate: list of items -> batch (default ``torch.utils.data.default_collate``).
         sample_hook: ``(ema_model, step, samples_dir)``, called on rank 0 every
             ``trainer.sample_every`` steps to write samples and plots.

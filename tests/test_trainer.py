@@ -235,3 +235,25 @@ def test_bf16_autocast_on_cpu_trains(tmp_path):
     assert json.loads((tmp_path / "run" / "checkpoints" / "last" / "meta.json").read_text())["precision"] == "bf16"
     weights = load_file(tmp_path / "run" / "checkpoints" / "last" / "model.safetensors")
     assert all(v.dtype == torch.float32 for v in weights.values())  # autocast keeps fp32 master weights
+
+
+class _InfGradModel(ToyModel):
+    """Finite loss, but at ``bad_step`` the gradient is NaN (d sqrt(x)/dx at 0 is inf, times 0)."""
+
+    bad_step = 3
+
+    def training_loss(self, batch, rng):
+        loss = super().training_loss(batch, rng)
+        if rng.step == self.bad_step:
+            first = next(self.parameters())
+            loss = loss + (first * 0.0).sqrt().sum()
+        return loss
+
+
+def test_nan_gradient_with_finite_loss_also_stops(tmp_path):
+    path = write_toy_config(tmp_path / "toy.yaml", tmp_path / "run", trainer={"max_steps": 6, "checkpoint_every": 2})
+    cfg = load_config(path)
+    model = _InfGradModel(ToyDomain().build_model(cfg).net, 0.0)
+    with pytest.raises(TrainingDiverged, match=r"^training stopped: non-finite gradient norm \(nan\) at step 3; the last good checkpoint is .* \(step 2\)$"):
+        Trainer(cfg, TrainSetup(model=model, dataset=ToyDataset(cfg.data))).fit()
+    assert json.loads((tmp_path / "run" / "checkpoints" / "last" / "meta.json").read_text())["step"] == 2

@@ -177,6 +177,7 @@ class Trainer:
         if not callable(getattr(setup.model, "training_loss", None)):
             raise TypeError(f"{type(setup.model).__name__} has no training_loss(batch, rng) method")
         self.resume_from = check_run_dir(self.run_dir, resume)
+        self._resume_requested = resume
         self.dist: DistInfo = init_distributed(self.tc.device)
         if self.tc.batch_size % self.dist.world != 0:
             shutdown(self.dist)
@@ -267,6 +268,8 @@ class Trainer:
             start = self.step
             if main:
                 log.info("resuming %s from step %d", self.run_dir, start)
+        elif self._resume_requested and main:
+            log.info("no checkpoint in %s yet; starting a new run", self.run_dir)
         if main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             write_text_atomic(self.run_dir / "config.yaml", self.cfg.to_yaml())
