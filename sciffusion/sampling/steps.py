@@ -115,14 +115,13 @@ def euler_maruyama_step(process: GaussianProcess, x: Tensor, pred: Prediction, t
 
 
 def langevin_correct(x: Tensor, pred: Prediction, sigma: Tensor, noise: Tensor, snr: float = 0.16) -> Tensor:
-    """One Langevin corrector step (Song et al. 2021, Alg. 5) at fixed time, per-sample step size.
+    """One Langevin corrector step (Song et al. 2021, Alg. 5) at fixed time.
 
-    ``sigma`` is already broadcast to ``x``; step ``= 2 (snr ||z|| / ||score||)^2`` per sample.
+    ``sigma`` is already broadcast to ``x``; step ``= 2 (snr ||z|| / ||score||)^2`` with the norms taken over
+    the whole field, i.e. one step size per call, as in Song et al.'s reference code (which averages the
+    norms over the batch). A per-sample ratio is unstable in low dimension: a sample near a mode has a
+    near-zero score and gets an unbounded step.
     """
     score = -pred.eps / sigma
-    dims = tuple(range(1, x.dim()))
-    g = score.flatten(1).norm(dim=1).clamp_min(1e-12) if x.dim() > 1 else score.abs().clamp_min(1e-12)
-    z = noise.flatten(1).norm(dim=1) if x.dim() > 1 else noise.abs()
-    step = 2 * (snr * z / g) ** 2
-    step = step.reshape(-1, *([1] * len(dims)))
+    step = 2 * (snr * noise.norm() / score.norm().clamp_min(1e-12)) ** 2
     return x + step * score + (2 * step).sqrt() * noise
