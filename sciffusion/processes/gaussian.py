@@ -107,6 +107,8 @@ class GaussianProcess:
             return torch.cat([torch.linspace(t_max, 0.0, steps + 1, dtype=torch.float64)])
         if kind in ("logsnr", "karras"):
             lo, hi = self._scaled_sigma(t_end), self._scaled_sigma(t_max)
+            if not math.isfinite(hi):  # alpha(1) = 0 (flow, zero terminal SNR): space from the last finite level
+                hi = self._scaled_sigma(t_max - self.t_min)
             if kind == "logsnr":
                 u = torch.linspace(math.log(hi), math.log(lo), steps, dtype=torch.float64).exp()
             else:
