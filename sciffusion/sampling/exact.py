@@ -156,6 +156,21 @@ class GaussianMixture:
         return denoise
 
 
+def reference_mixture(dim: int, components: int, seed: int = 0, spread: float = 2.0) -> GaussianMixture:
+    """A fixed, reproducible test target: ``components`` anisotropic Gaussians in ``dim`` dimensions.
+
+    Means are drawn from ``N(0, spread^2 I)``, covariances are ``0.3 A A^T / dim + 0.05 I`` with a Gaussian
+    ``A`` (so the components are elongated in random directions), weights are uniform in ``[0.5, 1.5]``
+    before normalisation. Everything comes from a generator seeded with ``seed``.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    means = spread * torch.randn(components, dim, generator=gen, dtype=torch.float64)
+    a = torch.randn(components, dim, dim, generator=gen, dtype=torch.float64)
+    covariances = 0.3 * a @ a.transpose(1, 2) / dim + 0.05 * torch.eye(dim, dtype=torch.float64)
+    weights = 0.5 + torch.rand(components, generator=gen, dtype=torch.float64)
+    return GaussianMixture(weights, means, covariances)
+
+
 def _per_sample(alpha: Tensor, sigma: Tensor) -> tuple[Tensor, Tensor]:
     """``alpha, sigma`` (B,) as float64 ``(B, 1, 1)``, or ``(1, 1, 1)`` when the whole batch shares one time
     (the usual case inside a solver), which keeps the per-component variances at ``(1, K, D)``."""
@@ -177,12 +192,14 @@ def _as_float64(value: Tensor | Sequence) -> Tensor:
     return torch.as_tensor(value, dtype=torch.float64)
 
 
-def sliced_wasserstein(a: Tensor, b: Tensor, projections: int = 512, seed: int = 0, p: int = 2) -> float:
+def sliced_wasserstein(a: Tensor, b: Tensor, projections: int = 512, seed: int = 0, p: int = 1) -> float:
     """Sliced Wasserstein-``p`` distance between two equally sized sample sets ``(N, D)``.
 
     ``(mean over random unit directions u of W_p^p(a u, b u))^(1/p)``, each 1-D ``W_p`` from sorted
     projections. The directions are drawn from a generator seeded with ``seed``, so two calls with the
-    same seed use the same directions.
+    same seed use the same directions. The default ``p = 1`` keeps the sampling noise of a finite set low
+    on well-separated mixtures: a mass imbalance ``delta`` between modes a distance ``L`` apart costs
+    ``delta L`` in ``W_1`` but ``sqrt(delta) L`` in ``W_2``.
     """
     if a.dim() != 2 or a.shape != b.shape:
         raise ValueError(f"sliced_wasserstein needs two (N, D) sets of equal shape, got {tuple(a.shape)} and {tuple(b.shape)}")
