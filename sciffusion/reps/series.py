@@ -168,8 +168,9 @@ def window_starts(length: int, window: int, stride: int | None = None) -> tuple[
     """Start positions of windows covering ``length`` points, and the leading points each must skip.
 
     Windows start every ``stride`` points (default: ``window``, no overlap). If the windows do not
-    reach the end, one more window is aligned to the end; its ``skip`` counts the leading points that
-    an earlier window already covers (CSDI's ``cut_length``), so stitching never counts a point twice.
+    reach the end, one more window is aligned to the end. A window's ``skip`` counts its leading
+    points that the previous window already covers (CSDI's ``cut_length`` for the last window), so
+    stitching and scoring see every point exactly once.
 
     Returns:
         ``(starts, skip)`` int64 arrays of equal length.
@@ -182,11 +183,9 @@ def window_starts(length: int, window: int, stride: int | None = None) -> tuple[
     if stride < 1:
         raise SeriesError(f"window stride must be >= 1, got {stride}")
     starts = list(range(0, length - window + 1, stride))
-    skip = [0] * len(starts)
-    covered = starts[-1] + window
-    if covered < length:
+    if starts[-1] + window < length:
         starts.append(length - window)
-        skip.append(covered - (length - window))
+    skip = [0] + [max(0, previous + window - start) for previous, start in zip(starts[:-1], starts[1:])]
     return np.asarray(starts, np.int64), np.asarray(skip, np.int64)
 
 
@@ -194,7 +193,7 @@ def stitch_windows(windows: np.ndarray, starts: np.ndarray, skip: np.ndarray, le
     """Put per-window arrays ``(W, ..., K, L)`` back on the series axis -> ``(..., K, length)``.
 
     Each window writes its points from ``skip`` on; with the layout from :func:`window_starts` every
-    point is written exactly once (for overlapping strides, later windows win).
+    point is written exactly once.
     """
     windows = np.asarray(windows)
     window = windows.shape[-1]

@@ -1,0 +1,350 @@
+"""AQI-36 (PM2.5) imputation benchmark: sciffusion's CSDI vs PyPOTS' CSDI vs interpolation vs mean.
+
+CSDI's protocol: test months 3/6/9/12, 36-hour non-overlapping windows (the last window of a month
+aligned to its end, already-covered points not scored twice), targets = entries present in
+``pm25_ground.txt`` and absent from ``pm25_missing.txt`` (20,434), metrics on targets only in
+original units, 100 samples, point estimate = sample median, CRPS = CSDI's 19-quantile CRPS.
+
+Both diffusion models get the same architecture size, batch size, learning rate and the same
+wall-clock training budget, on the same machine, trained at the same time (one thread each) so
+that both see the same machine load:
+
+* ours: ``sciffusion train configs/timeseries/pm25_cpu.yaml`` (the real CLI in a subprocess),
+  stopped with SIGINT when the budget is spent; the last checkpoint (EMA weights) is used;
+* PyPOTS ``CSDI``: trained in chunks of shuffled windows (one-epoch ``fit`` calls on random subsets,
+  its optimizer persists) until the budget is spent.
+
+Sampling cost on a CPU is the bottleneck (100 samples x 50 steps per window), so the
+model-vs-model comparison uses a fixed, evenly spread subset of test windows (stated in the JSON),
+and our fast solver also runs on a larger subset. Interpolation and mean use the whole test set
+and the subsets. Usage::
+
+    python benchmarks/imputation_pm25.py --budget-min 12 [--pypots-path DIR]
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import resource
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULT = ROOT / "benchmarks" / "results" / "imputation_pm25.json"
+CONFIG = ROOT / "configs" / "timeseries" / "pm25_cpu.yaml"
+DATA = ROOT.parent / "shared" / "data" / "timeseries" / "pm25"
+WINDOW = 36
+ANCHORS = [
+    {"name": "CSDI (Tashiro et al. 2021), paper", "mae": 9.60, "crps": 0.108, "note": "paper number, GPU, 200 epochs, full-size model"},
+    {"name": "PriSTI (Liu et al. 2023), paper", "mae": 9.03, "crps": 0.0997, "note": "paper number, GPU, 200 epochs"},
+]
+
+
+# ------------------------------------------------------------------------------------ data
+
+
+def test_windows():
+    """All CSDI test windows: dict of stacked tensors (W, ...) plus the split object."""
+    from sciffusion.domains.timeseries.datasets import load_pm25
+    from sciffusion.reps.series import SeriesWindows
+
+    data = load_pm25(DATA)
+    windows = SeriesWindows(data.test, data.normalizer, WINDOW, stride=WINDOW, cond_masks=data.test_cond)
+    stack = windows.stacked()
+    raw = []  # original values per window (K, L)
+    for seg, start, _ in windows.windows:
+        raw.append(np.nan_to_num(data.test[seg].values[:, start:start + WINDOW]))
+    stack["raw"] = torch.as_tensor(np.stack(raw))
+    target = stack["observed_mask"] * (1 - stack["cond_mask"])
+    positions = torch.arange(WINDOW)
+    target = target * (positions[None, None, :] >= stack["skip"][:, None, None]).to(target.dtype)
+    stack["target_mask"] = target
+    return data, windows, stack
+
+
+def subset(windows, per_month: int) -> list[int]:
+    """``per_month`` evenly spread window indices in each test month (fixed, no randomness)."""
+    chosen = []
+    for seg in np.unique(windows.windows[:, 0]):
+        idx = np.flatnonzero(windows.windows[:, 0] == seg)
+        picks = np.linspace(0, len(idx) - 1, per_month + 2)[1:-1].round().astype(int)
+        chosen.extend(int(idx[p]) for p in picks)
+    return chosen
+
+
+def metrics_of(samples: np.ndarray, stack, rows: list[int]) -> dict:
+    from sciffusion.domains.timeseries.metrics import summary
+
+    return summary(torch.as_tensor(samples, dtype=torch.float64), stack["raw"][rows], stack["target_mask"][rows])
+
+
+# ------------------------------------------------------------------------------------ phases
+
+
+def phase_ours_eval(args) -> None:
+    """Sample with our trained run: fast solver and 50-step ancestral on the comparison subset,
+    fast solver on the larger subset. Writes samples and timings; records peak RSS."""
+    from sciffusion.domain import load_run
+
+    torch.set_num_threads(args.threads)
+    data, windows, stack = test_windows()
+    run = load_run(args.run_dir, device="cpu")
+    model, norm = run.model, data.normalizer
+    out = {}
+    plans = [("fast_compare", args.compare, args.fast_solver, args.fast_steps),
+             ("ddim10_compare", args.compare, "ddim", 10),
+             ("ancestral_compare", args.compare, "ddpm", 50),
+             ("fast_large", args.large, args.fast_solver, args.fast_steps)]
+    for name, rows, solver, steps in plans:
+        generator = torch.Generator().manual_seed(0)
+        start = time.perf_counter()
+        draws = model.impute(stack["values"][rows], stack["cond_mask"][rows], stack["time"][rows], args.samples, solver,
+                             steps, max_batch=args.max_batch, generator=generator)
+        seconds = time.perf_counter() - start
+        samples = norm.inverse(draws.double()).numpy()
+        np.save(Path(args.work) / f"ours_{name}.npy", samples.astype(np.float32))
+        out[name] = {"solver": solver, "steps": steps, "windows": len(rows), "seconds": seconds}
+        print(f"ours {name}: {len(rows)} windows, {seconds:.1f} s", flush=True)
+    out["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
+    (Path(args.work) / "ours_eval.json").write_text(json.dumps(out))
+
+
+def phase_pypots(args) -> None:
+    """Train PyPOTS' CSDI for the wall-clock budget, then sample the comparison subset."""
+    if args.pypots_path:
+        sys.path.insert(0, args.pypots_path)
+    torch.set_num_threads(args.threads)
+    from pypots.imputation import CSDI
+
+    from sciffusion.reps.series import SeriesWindows
+
+    data, windows, stack = test_windows()
+    train = SeriesWindows(data.train, data.normalizer, WINDOW, stride=1).stacked()
+    x_train = np.where(train["observed_mask"].bool().numpy(), train["values"].numpy(), np.nan).transpose(0, 2, 1)
+    torch.manual_seed(0)
+    model = CSDI(n_steps=WINDOW, n_features=x_train.shape[2], n_layers=2, n_heads=4, n_channels=32, d_time_embedding=64,
+                 d_feature_embedding=16, d_diffusion_embedding=64, n_diffusion_steps=50, target_strategy="random",
+                 schedule="quad", beta_start=1e-4, beta_end=0.5, batch_size=16, epochs=1, device="cpu", verbose=False)
+    rng = np.random.default_rng(0)
+    start, steps = time.perf_counter(), 0
+    order = rng.permutation(len(x_train))
+    cursor = 0
+    while time.perf_counter() - start < args.budget_min * 60:
+        if cursor + args.pypots_chunk > len(order):
+            order, cursor = rng.permutation(len(x_train)), 0
+        rows = order[cursor:cursor + args.pypots_chunk]
+        cursor += args.pypots_chunk
+        model.fit({"X": x_train[rows]})
+        steps += int(np.ceil(len(rows) / 16))
+    train_seconds = time.perf_counter() - start
+    print(f"pypots trained {steps} steps in {train_seconds:.0f} s", flush=True)
+    rows = args.compare
+    x_test = np.where(stack["cond_mask"][rows].bool().numpy(), stack["values"][rows].numpy(), np.nan).transpose(0, 2, 1)
+    torch.manual_seed(0)
+    start = time.perf_counter()
+    result = model.predict({"X": x_test}, n_sampling_times=args.samples)
+    seconds = time.perf_counter() - start
+    imputed = np.asarray(result["imputation"])  # (W, S, L, K)
+    expected = (len(rows), args.samples, WINDOW, x_test.shape[2])
+    if imputed.shape != expected:
+        raise SystemExit(f"PyPOTS returned imputations of shape {imputed.shape}, expected {expected}")
+    samples = data.normalizer.inverse(torch.as_tensor(imputed.transpose(1, 0, 3, 2), dtype=torch.float64)).numpy()
+    np.save(Path(args.work) / "pypots_compare.npy", samples.astype(np.float32))
+    import pypots
+
+    info = {"train_seconds": train_seconds, "train_steps": steps, "impute_seconds": seconds, "windows": len(rows),
+            "version": pypots.__version__, "output_shape": list(imputed.shape)}
+    (Path(args.work) / "pypots.json").write_text(json.dumps(info))
+
+
+def train_ours(args) -> dict:
+    """``sciffusion train`` in a subprocess, interrupted when the budget is spent."""
+    run_dir = Path(args.work) / "ours_run"
+    cmd = [sys.executable, "-m", "sciffusion", "train", str(CONFIG), f"run_dir={run_dir}", "trainer.progress=false",
+           "trainer.checkpoint_every=10", "trainer.log_every=10"]
+    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
+    with open(Path(args.work) / "ours_train.log", "w") as log:
+        start = time.perf_counter()
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env)
+        try:
+            proc.wait(timeout=args.budget_min * 60)
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGINT)
+            proc.wait(timeout=600)
+        seconds = time.perf_counter() - start
+    meta = json.loads((run_dir / "checkpoints" / "last" / "meta.json").read_text())
+    return {"run_dir": str(run_dir), "train_seconds": seconds, "checkpoint_step": int(meta["step"]), "command": " ".join(cmd)}
+
+
+def spawn(args, phase: str) -> subprocess.Popen:
+    """Start this script's ``phase`` in a subprocess (same settings)."""
+    cmd = [sys.executable, __file__, "--phase", phase, "--work", args.work, "--budget-min", str(args.budget_min),
+           "--threads", str(args.threads), "--samples", str(args.samples), "--fast-solver", args.fast_solver,
+           "--fast-steps", str(args.fast_steps), "--compare-per-month", str(args.compare_per_month),
+           "--large-per-month", str(args.large_per_month), "--max-batch", str(args.max_batch),
+           "--pypots-chunk", str(args.pypots_chunk), "--run-dir", str(Path(args.work) / "ours_run")]
+    if args.pypots_path:
+        cmd += ["--pypots-path", args.pypots_path]
+    return subprocess.Popen(cmd, cwd=ROOT, env=dict(os.environ, OMP_NUM_THREADS=str(args.threads)))
+
+
+def wait(proc: subprocess.Popen, name: str) -> None:
+    if proc.wait() != 0:
+        raise SystemExit(f"benchmark phase {name} failed with exit code {proc.returncode}")
+
+
+# ------------------------------------------------------------------------------------ report
+
+
+def report(args, ours_train: dict) -> dict:
+    import pandas as pd
+
+    import sciffusion
+    from sciffusion.domains.timeseries.domain import linear_interpolation, point_scores
+    from sciffusion.domains.timeseries.metrics import mae, rmse
+
+    data, windows, stack = test_windows()
+    work = Path(args.work)
+    ours = json.loads((work / "ours_eval.json").read_text())
+    pyp = json.loads((work / "pypots.json").read_text())
+    compare, large = args.compare, args.large
+    res = {
+        "ours_ancestral50_compare": metrics_of(np.load(work / "ours_ancestral_compare.npy"), stack, compare),
+        "ours_fast_compare": metrics_of(np.load(work / "ours_fast_compare.npy"), stack, compare),
+        "ours_ddim10_compare": metrics_of(np.load(work / "ours_ddim10_compare.npy"), stack, compare),
+        "ours_fast_large": metrics_of(np.load(work / "ours_fast_large.npy"), stack, large),
+        "pypots_csdi_compare": metrics_of(np.load(work / "pypots_compare.npy"), stack, compare),
+    }
+    full_points = {
+        "linear_interpolation": [linear_interpolation(s, c) for s, c in zip(data.test, data.test_cond)],
+        "feature_mean": [np.broadcast_to(data.normalizer.mean[:, None], s.values.shape) for s in data.test],
+    }
+    baselines = {name: point_scores(data.test, data.test_cond, pts) for name, pts in full_points.items()}
+    # the same baselines on the subsets (cut from the whole-month point imputations)
+    for name, pts in full_points.items():
+        per_window = np.stack([pts[seg][:, start:start + WINDOW] for seg, start, _ in windows.windows])
+        for label, rows in (("compare", compare), ("large", large)):
+            baselines[f"{name}_{label}"] = {"mae": mae(per_window[rows], stack["raw"][rows], stack["target_mask"][rows]),
+                                            "rmse": rmse(per_window[rows], stack["raw"][rows], stack["target_mask"][rows])}
+    anc, pypots = res["ours_ancestral50_compare"], res["pypots_csdi_compare"]
+    # the fast-solver bars use whichever of the two fast solvers (both reported) has the lower CRPS
+    fast_key = min(("fast_compare", "ddim10_compare"), key=lambda k: res[f"ours_{k}"]["crps"])
+    fast = res[f"ours_{fast_key}"]
+    t_anc = ours["ancestral_compare"]["seconds"] / ours["ancestral_compare"]["windows"]
+    t_fast = ours[fast_key]["seconds"] / ours[fast_key]["windows"]
+    coverage90 = res["ours_fast_large"]["coverage90"]
+    bars = [
+        {"name": "mae_ratio_vs_pypots_csdi", "value": anc["mae"] / pypots["mae"], "op": "<", "target": 1.0},
+        {"name": "crps_ratio_vs_pypots_csdi", "value": anc["crps"] / pypots["crps"], "op": "<", "target": 1.0},
+        {"name": "fast_solver_crps_ratio_vs_ancestral50", "value": fast["crps"] / anc["crps"], "op": "<=", "target": 1.03},
+        {"name": "fast_solver_speedup_vs_ancestral50", "value": t_anc / t_fast, "op": ">=", "target": 5.0},
+        {"name": "coverage90_min", "value": coverage90, "op": ">=", "target": 0.85},
+        {"name": "coverage90_max", "value": coverage90, "op": "<=", "target": 0.95},
+        {"name": "peak_rss_gb", "value": ours["peak_rss_gb"], "op": "<=", "target": 4.0},
+    ]
+    try:
+        load = os.getloadavg()
+    except OSError:
+        load = None
+    return {
+        "benchmark": "imputation_pm25",
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "machine": {"platform": platform.platform(), "processor": platform.processor(), "cpu_count": os.cpu_count(),
+                    "torch_threads": args.threads, "gpu": None, "load_average_at_report": load,
+                    "note": "CPU only; the cores were shared with other jobs, so wall-clock numbers are noisy"},
+        "versions": {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__,
+                     "pandas": pd.__version__, "sciffusion": getattr(sciffusion, "__version__", "0.1.0"), "pypots": pyp["version"]},
+        "settings": {
+            "protocol": "CSDI AQI-36: test months 3,6,9,12; 36-h non-overlapping windows (last window of a month aligned "
+                        "to its end, covered points not rescored); targets = in ground, not in missing; 100 samples; "
+                        "median point estimate; CSDI 19-quantile CRPS normalised by sum |target|",
+            "test_targets_total": int(stack["target_mask"].sum()),
+            "training_budget_minutes_each": args.budget_min,
+            "model_size_both": {"channels": 32, "layers": 2, "heads": 4, "time_embedding": 64, "feature_embedding": 16,
+                                "diffusion_embedding": 64, "diffusion_steps": 50, "schedule": "quad 1e-4..0.5"},
+            "batch_size": 16, "lr": 1e-3,
+            "ours": {"config": str(CONFIG.relative_to(ROOT)), "mask": "mix (CSDI)", **ours_train},
+            "pypots": {"target_strategy": "random (its default)", "train_seconds": pyp["train_seconds"],
+                       "train_steps": pyp["train_steps"], "chunk_windows_per_fit": args.pypots_chunk},
+            "samples": args.samples,
+            "fast_solver": {"solver": args.fast_solver, "steps": args.fast_steps},
+            "fast_solver_used_for_bars": {"solver": ours[fast_key]["solver"], "steps": ours[fast_key]["steps"],
+                                          "rule": "lower CRPS of dpmpp_2m (configured) and ddim 10 on the compare subset"},
+            "compare_subset": {"windows": compare, "per_month": args.compare_per_month,
+                               "targets": int(stack["target_mask"][compare].sum())},
+            "large_subset": {"windows": large, "per_month": args.large_per_month,
+                             "targets": int(stack["target_mask"][large].sum())},
+            "why_subsets": "100 samples x 50 steps per window is ~5,000 network calls per window; on 2 shared CPU cores the "
+                           "whole test set (82 windows) does not fit the session, so models are compared on fixed subsets",
+        },
+        "results": {
+            **res,
+            "baselines": baselines,
+            "timing": {
+                "ours_train_seconds": ours_train["train_seconds"], "pypots_train_seconds": pyp["train_seconds"],
+                "ours_ancestral50_seconds_per_window": t_anc, "ours_fast_seconds_per_window": t_fast,
+                "ours_dpmpp_seconds_per_window": ours["fast_compare"]["seconds"] / ours["fast_compare"]["windows"],
+                "ours_ddim10_seconds_per_window": ours["ddim10_compare"]["seconds"] / ours["ddim10_compare"]["windows"],
+                "ours_fast_large_seconds_per_window": ours["fast_large"]["seconds"] / ours["fast_large"]["windows"],
+                "pypots_seconds_per_window": pyp["impute_seconds"] / pyp["windows"],
+            },
+            "peak_rss_gb_note": "peak resident memory of the process that imputed (chunked, max batch "
+                                f"{args.max_batch} series) the {len(large)}+{len(compare)} subset windows with {args.samples} samples",
+        },
+        "anchors": ANCHORS,
+        "bars": bars,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--phase", choices=["all", "ours_eval", "pypots"], default="all")
+    parser.add_argument("--work", default=None, help="scratch folder (default: a new temp folder)")
+    parser.add_argument("--budget-min", type=float, default=12.0, help="training wall-clock minutes for each model")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per process (1 is fastest on shared cores)")
+    parser.add_argument("--samples", type=int, default=100)
+    parser.add_argument("--fast-solver", default="dpmpp_2m")
+    parser.add_argument("--fast-steps", type=int, default=8)
+    parser.add_argument("--compare-per-month", type=int, default=1)
+    parser.add_argument("--large-per-month", type=int, default=3)
+    parser.add_argument("--max-batch", type=int, default=1600)
+    parser.add_argument("--pypots-chunk", type=int, default=800, help="windows per one-epoch PyPOTS fit call")
+    parser.add_argument("--pypots-path", default=None, help="extra sys.path entry for PyPOTS' own dependencies")
+    parser.add_argument("--run-dir", default=None)
+    args = parser.parse_args()
+    args.work = args.work or tempfile.mkdtemp(prefix="imputation_pm25_")
+    Path(args.work).mkdir(parents=True, exist_ok=True)
+    _, windows, _ = test_windows()
+    args.compare = subset(windows, args.compare_per_month)
+    args.large = [i for i in subset(windows, args.large_per_month) if i not in args.compare] or subset(windows, args.large_per_month)
+    if args.phase == "ours_eval":
+        return phase_ours_eval(args)
+    if args.phase == "pypots":
+        return phase_pypots(args)
+    print(f"work folder {args.work}", flush=True)
+    pypots = spawn(args, "pypots")  # trains for the same budget at the same time, under the same machine load
+    ours_train = train_ours(args)
+    print(f"ours trained to step {ours_train['checkpoint_step']} in {ours_train['train_seconds']:.0f} s", flush=True)
+    ours_eval = spawn(args, "ours_eval")
+    wait(ours_eval, "ours_eval")
+    wait(pypots, "pypots")
+    result = report(args, ours_train)
+    RESULT.parent.mkdir(parents=True, exist_ok=True)
+    tmp = RESULT.with_suffix(".tmp")
+    tmp.write_text(json.dumps(result, indent=2))
+    os.replace(tmp, RESULT)
+    print(json.dumps(result["bars"], indent=2))
+
+
+if __name__ == "__main__":
+    main()
