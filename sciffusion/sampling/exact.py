@@ -22,6 +22,7 @@ from __future__ import annotations
 import math
 from typing import Sequence
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -204,8 +205,9 @@ def sliced_wasserstein(a: Tensor, b: Tensor, projections: int = 512, seed: int =
     if a.dim() != 2 or a.shape != b.shape:
         raise ValueError(f"sliced_wasserstein needs two (N, D) sets of equal shape, got {tuple(a.shape)} and {tuple(b.shape)}")
     gen = torch.Generator().manual_seed(seed)
-    dirs = torch.randn(a.shape[1], projections, generator=gen, dtype=torch.float64)
-    dirs = dirs / dirs.norm(dim=0, keepdim=True)
-    pa = torch.sort(a.to(torch.float64) @ dirs, dim=0).values
-    pb = torch.sort(b.to(torch.float64) @ dirs, dim=0).values
-    return float((pa - pb).abs().pow(p).mean() ** (1.0 / p))
+    dirs = torch.randn(projections, a.shape[1], generator=gen, dtype=torch.float64)
+    dirs = dirs / dirs.norm(dim=1, keepdim=True)
+    # (projections, N), sorted along contiguous rows (numpy's sort is several times faster than torch's here)
+    pa = np.sort((dirs @ a.detach().to(torch.float64).cpu().T).numpy(), axis=1)
+    pb = np.sort((dirs @ b.detach().to(torch.float64).cpu().T).numpy(), axis=1)
+    return float(np.mean(np.abs(pa - pb) ** p) ** (1.0 / p))
