@@ -8,10 +8,10 @@ import pandas as pd
 import pytest
 import torch
 import yaml
-
-from sciffusion.cli import main
 from sciffusion.domains.timeseries.domain import _mask_fn
 from sciffusion.domains.timeseries.masks import MaskConfig
+
+from sciffusion.cli import main
 from sciffusion.model import DiffusionModel
 from sciffusion.nets.csdi import build_csdi
 from sciffusion.processes.gaussian import FlowProcess, VPProcess

@@ -3,9 +3,15 @@ from __future__ import annotations
 
 import pytest
 import torch
+from sciffusion.domains.timeseries.masks import (
+    MaskConfig,
+    block_mask,
+    historical_mask,
+    make_cond_mask,
+    random_mask,
+)
 
 from sciffusion.config import ConfigError, from_dict
-from sciffusion.domains.timeseries.masks import MaskConfig, block_mask, historical_mask, make_cond_mask, random_mask
 
 
 def observed_mask(seed: int = 0, shape: tuple[int, int, int] = (64, 6, 24), p: float = 0.8) -> torch.Tensor:

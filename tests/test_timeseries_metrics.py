@@ -6,9 +6,8 @@ import math
 import numpy as np
 import pytest
 import torch
-from scipy.stats import norm
-
 from sciffusion.domains.timeseries import metrics as M
+from scipy.stats import norm
 
 
 def gaussian_crps(mu: np.ndarray, sigma: float, y: np.ndarray) -> np.ndarray:

@@ -7,8 +7,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-
 from sciffusion.domains.timeseries.datasets import PM25_TEST_MONTHS, load_pm25
+
 from sciffusion.reps.series import SeriesWindows
 
 PM25 = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "timeseries" / "pm25"

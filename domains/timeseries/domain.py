@@ -20,18 +20,34 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 import torch
+from sciffusion.domains.timeseries import metrics as M
+from sciffusion.domains.timeseries.datasets import (
+    ImputationData,
+    load_csv,
+    load_pm25,
+    load_weather,
+)
+from sciffusion.domains.timeseries.io import (
+    SeriesFileError,
+    frame_to_series,
+    read_table,
+    write_frame,
+)
+from sciffusion.domains.timeseries.masks import MaskConfig, make_cond_mask
+from sciffusion.domains.timeseries.plots import choose_features, plot_imputation
 
 import sciffusion.nets.csdi  # noqa: F401  (registers the "csdi" net)
 from sciffusion.config import Config, FieldError
 from sciffusion.domain import Domain, Run, RunError, TrainSetup
-from sciffusion.domains.timeseries import metrics as M
-from sciffusion.domains.timeseries.datasets import ImputationData, load_csv, load_pm25, load_weather
-from sciffusion.domains.timeseries.io import SeriesFileError, frame_to_series, read_table, write_frame
-from sciffusion.domains.timeseries.masks import MaskConfig, make_cond_mask
-from sciffusion.domains.timeseries.plots import choose_features, plot_imputation
 from sciffusion.model import diffusion_model_from_config
 from sciffusion.registry import DOMAINS
-from sciffusion.reps.series import FeatureNormalizer, Series, SeriesError, SeriesWindows, stitch_windows
+from sciffusion.reps.series import (
+    FeatureNormalizer,
+    Series,
+    SeriesError,
+    SeriesWindows,
+    stitch_windows,
+)
 from sciffusion.tasks.impute import ImputationModel, sample_quantiles
 from sciffusion.train.checkpoint import write_json_atomic
 
@@ -131,13 +147,13 @@ class SeriesMeta:
                 "step_unit": "seconds" if datetime_step else "number", "normalizer": self.normalizer.to_dict()}
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> "SeriesMeta":
+    def from_json(cls, data: dict[str, Any]) -> SeriesMeta:
         step = pd.Timedelta(seconds=data["step"]) if data["step_unit"] == "seconds" else float(data["step"])
         return cls(list(data["features"]), data["time_column"], step, FeatureNormalizer.from_dict(data["normalizer"]),
                    int(data["window"]))
 
     @classmethod
-    def read(cls, run_dir: str | Path) -> "SeriesMeta":
+    def read(cls, run_dir: str | Path) -> SeriesMeta:
         path = Path(run_dir) / SERIES_META
         if not path.is_file():
             raise RunError(f"{run_dir} is not a timeseries run (no {SERIES_META})")
@@ -328,6 +344,10 @@ def _match_features(series: Series, meta: SeriesMeta, source: str) -> Series:
     if missing or extra:
         parts = ([f"missing {missing}"] if missing else []) + ([f"unexpected {extra}"] if extra else [])
         raise SeriesFileError(f"{source}: columns do not match the trained model ({'; '.join(parts)})")
+    trained_on_dates = isinstance(meta.step, pd.Timedelta)
+    if trained_on_dates != isinstance(series.index, pd.DatetimeIndex):
+        kinds = ("dates", "numbers") if trained_on_dates else ("numbers", "dates")
+        raise SeriesFileError(f"{source}: time column {series.time_name!r} holds {kinds[1]} but the model was trained on {kinds[0]}")
     order = [series.features.index(f) for f in meta.features]
     return Series(series.values[order], list(meta.features), series.index, series.time_name, step=meta.step)
 

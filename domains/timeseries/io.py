@@ -38,7 +38,8 @@ def read_table(path: Path) -> pd.DataFrame:
 
 def _parse_time(column: pd.Series, where: str) -> pd.Index:
     if pd.api.types.is_datetime64_any_dtype(column):
-        return pd.DatetimeIndex(column).tz_localize(None) if getattr(column.dt, "tz", None) else pd.DatetimeIndex(column)
+        stamps = pd.DatetimeIndex(column)
+        return stamps.tz_convert(None) if stamps.tz is not None else stamps
     if pd.api.types.is_numeric_dtype(column) and not pd.api.types.is_bool_dtype(column):
         if column.isna().any():
             raise SeriesFileError(f"{where}: time column {column.name!r} has empty cells")
@@ -49,7 +50,7 @@ def _parse_time(column: pd.Series, where: str) -> pd.Index:
         raise SeriesFileError(f"{where}: time column {column.name!r} is neither numbers nor dates") from None
     if stamps.isna().any():
         raise SeriesFileError(f"{where}: time column {column.name!r} has empty cells")
-    return pd.DatetimeIndex(stamps).tz_localize(None)
+    return pd.DatetimeIndex(stamps).tz_convert(None)
 
 
 def frame_to_series(frame: pd.DataFrame, time_column: str | None = None, source: str = "table") -> Series:

@@ -14,8 +14,10 @@ entries only; :func:`window_starts` / :class:`SeriesWindows` cut a series into w
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from itertools import pairwise
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -74,11 +76,11 @@ class Series:
         """``(N,)`` float64: time stamps in units of ``step`` since the first stamp."""
         return time_in_steps(self.index, self.step)
 
-    def select(self, positions: np.ndarray) -> "Series":
+    def select(self, positions: np.ndarray) -> Series:
         """The sub-series at integer time ``positions`` (sorted)."""
         return Series(self.values[:, positions], list(self.features), self.index[positions], self.time_name, self.step)
 
-    def with_values(self, values: np.ndarray) -> "Series":
+    def with_values(self, values: np.ndarray) -> Series:
         """Same stamps and features, new ``(K, N)`` values."""
         return Series(values, list(self.features), self.index, self.time_name, self.step)
 
@@ -121,7 +123,7 @@ class FeatureNormalizer:
     std: np.ndarray
 
     @classmethod
-    def fit(cls, values: np.ndarray, observed: np.ndarray | None = None) -> "FeatureNormalizer":
+    def fit(cls, values: np.ndarray, observed: np.ndarray | None = None) -> FeatureNormalizer:
         """Fit on ``values`` ``(K, N)`` (NaN = missing), counting only ``observed`` ``(K, N)`` entries."""
         values = np.asarray(values, dtype=np.float64)
         keep = ~np.isnan(values) if observed is None else (np.asarray(observed, bool) & ~np.isnan(values))
@@ -157,7 +159,7 @@ class FeatureNormalizer:
         return {"mean": [float(v) for v in self.mean], "std": [float(v) for v in self.std]}
 
     @classmethod
-    def from_dict(cls, data: dict[str, Sequence[float]]) -> "FeatureNormalizer":
+    def from_dict(cls, data: dict[str, Sequence[float]]) -> FeatureNormalizer:
         try:
             return cls(mean=np.asarray(data["mean"], np.float64), std=np.asarray(data["std"], np.float64))
         except KeyError as err:
@@ -185,7 +187,7 @@ def window_starts(length: int, window: int, stride: int | None = None) -> tuple[
     starts = list(range(0, length - window + 1, stride))
     if starts[-1] + window < length:
         starts.append(length - window)
-    skip = [0] + [max(0, previous + window - start) for previous, start in zip(starts[:-1], starts[1:])]
+    skip = [0] + [max(0, previous + window - start) for previous, start in pairwise(starts)]
     return np.asarray(starts, np.int64), np.asarray(skip, np.int64)
 
 
