@@ -56,6 +56,7 @@ ANCHORS = [
 def test_windows():
     """All CSDI test windows: dict of stacked tensors (W, ...) plus the split object."""
     from sciffusion.domains.timeseries.datasets import load_pm25
+
     from sciffusion.reps.series import SeriesWindows
 
     data = load_pm25(DATA)
@@ -208,10 +209,10 @@ def wait(proc: subprocess.Popen, name: str) -> None:
 
 def report(args, ours_train: dict) -> dict:
     import pandas as pd
-
-    import sciffusion
     from sciffusion.domains.timeseries.domain import linear_interpolation, point_scores
     from sciffusion.domains.timeseries.metrics import mae, rmse
+
+    import sciffusion
 
     data, windows, stack = test_windows()
     work = Path(args.work)

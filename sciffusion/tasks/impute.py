@@ -12,7 +12,7 @@ Batch format of :meth:`ImputationModel.training_loss` (what :class:`sciffusion.r
 """
 from __future__ import annotations
 
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 from torch import Tensor, nn
@@ -74,8 +74,9 @@ class ImputationModel(nn.Module):
             v = values[rows].to(device)
             m = cond_mask[rows].to(device=device, dtype=v.dtype)
             v = v * m
-            tiled = lambda x: x.repeat_interleave(n_samples, dim=0)  # noqa: E731  (window-major: B*S rows)
-            cond = {"cond_values": tiled(v), "cond_mask": tiled(m), "time": tiled(time[rows].to(device))}
+            # window-major rows: the n_samples copies of window i are rows i * S .. (i + 1) * S - 1
+            cond = {"cond_values": v.repeat_interleave(n_samples, dim=0), "cond_mask": m.repeat_interleave(n_samples, dim=0),
+                    "time": time[rows].to(device).repeat_interleave(n_samples, dim=0)}
             keep = Inpaint(values={self.field: cond["cond_values"]}, mask={self.field: cond["cond_mask"]}, noise_known=False)
             x = self.diffusion.sample(shapes={self.field: tuple(cond["cond_values"].shape)}, cond=cond, solver=solver,
                                       steps=steps, eta=eta, constraints=[keep], generator=generator)[self.field]
