@@ -123,3 +123,14 @@ def test_missing_and_unsupported_files(tmp_path: Path) -> None:
         read_series(tmp_path / "x.txt")
     with pytest.raises(SeriesFileError, match="no time column 'stamp'"):
         frame_to_series(pd.DataFrame({"t": [1], "a": [1.0]}), "stamp", "table")
+
+
+def test_linear_interpolation_baseline_uses_real_time_stamps() -> None:
+    from sciffusion.domains.timeseries.domain import linear_interpolation
+
+    series = Series(np.array([[0.0, np.nan, 4.0, 6.0], [np.nan, 1.0, np.nan, np.nan]]), ["x", "y"],
+                    pd.Index([0.0, 1.0, 4.0, 5.0]), step=1.0)
+    cond = np.array([[True, False, True, False], [False, False, False, False]])
+    out = linear_interpolation(series, cond, fallback=np.array([0.0, 7.0]))
+    np.testing.assert_allclose(out[0], [0.0, 1.0, 4.0, 4.0])  # t = 1 between (0, 0) and (4, 4); constant after
+    np.testing.assert_allclose(out[1], [7.0] * 4)  # nothing to interpolate from: the fallback

@@ -221,14 +221,17 @@ def impute_series(model: ImputationModel, series: Series, cond: np.ndarray, meta
     return Imputation(quantiles, levels, samples, seconds, len(windows))
 
 
-def linear_interpolation(series: Series, cond: np.ndarray) -> np.ndarray:
-    """``(K, N)``: per feature, linear interpolation in time between conditioning entries
-    (constant beyond the first / last one; the feature's training mean where it has none)."""
+def linear_interpolation(series: Series, cond: np.ndarray, fallback: np.ndarray | None = None) -> np.ndarray:
+    """``(K, N)``: per feature, linear interpolation in time between conditioning entries, constant
+    beyond the first / last one; a feature with none gets ``fallback[k]`` (e.g. its training mean; NaN if not given)."""
     t = series.time
     out = np.empty_like(series.values)
     for k in range(series.num_features):
         known = np.flatnonzero(cond[k] & series.observed_mask[k])
-        out[k] = np.interp(t, t[known], series.values[k, known]) if len(known) else np.nan
+        if len(known):
+            out[k] = np.interp(t, t[known], series.values[k, known])
+        else:
+            out[k] = np.nan if fallback is None else fallback[k]
     return out
 
 
@@ -300,7 +303,7 @@ class TimeseriesDomain(Domain):
         metrics: dict[str, Any] = {"data": data.name, "solver": sc.solver, "steps": sc.steps, "samples": sc.n,
                                    "model": score(data.test, data.test_cond, [r.samples for r in results])}
         metrics["linear_interpolation"] = point_scores(
-            data.test, data.test_cond, [linear_interpolation(s, c) for s, c in zip(data.test, data.test_cond)])
+            data.test, data.test_cond, [linear_interpolation(s, c, data.normalizer.mean) for s, c in zip(data.test, data.test_cond)])
         means = [np.broadcast_to(data.normalizer.mean[:, None], s.values.shape) for s in data.test]
         metrics["feature_mean"] = point_scores(data.test, data.test_cond, means)
         metrics["seconds_per_window"] = sum(r.seconds for r in results) / max(1, sum(r.windows for r in results))
