@@ -28,7 +28,7 @@ def tiny_planner_config(run_dir: Path, cache: Path, **task: object) -> dict:
         "task": {"kind": "planner", "horizon": 8, "stride": 8, **task},
         "net": {"name": "temporal_unet1d", "dim": 8, "dim_mults": [1, 2]},
         "process": {"name": "vp", "schedule": "cosine", "prediction": "x0", "num_train_steps": 64},
-        "loss": {"cond_drop_prob": 0.0},
+        "loss": {"cond_drop_prob": 0.2},
         "trainer": {"max_steps": 30, "batch_size": 16, "lr": 1e-3, "ema_decay": 0.9, "checkpoint_every": 0,
                     "log_every": 20, "progress": False},
         "sample": {"solver": "dpmpp_2m", "steps": 6, "seed": 0},
@@ -39,8 +39,9 @@ def tiny_planner_config(run_dir: Path, cache: Path, **task: object) -> dict:
 @pytest.fixture(scope="module")
 def planner_run(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("umaze")
+    # every planner option at once: value head, inverse dynamics, goal (FiLM) and return conditioning
     cfg = config_from_dict(tiny_planner_config(root / "run", root / "data", value=True, value_dim=8,
-                                                 inverse_dynamics=True))
+                                                 inverse_dynamics=True, goal_condition=True, returns_condition=True))
     result = train(cfg)
     assert result.step == 30 and np.isfinite(result.loss)
     return root / "run"
@@ -53,6 +54,13 @@ def test_inpainting_keeps_start_and_goal_exactly(planner_run: Path) -> None:
     goal = torch.tensor([[-1.0, 1.0, 0.0, 0.0], [-0.9, -1.1, 0.0, 0.0]])
     plans = planner.plan(start, goal, steps=6, generator=torch.Generator().manual_seed(0))
     assert plans.shape == (2, 8, 4)
+    torch.testing.assert_close(plans[:, 0], start, atol=1e-5, rtol=0)
+    torch.testing.assert_close(plans[:, -1], goal, atol=1e-5, rtol=0)
+    # return conditioning with classifier-free guidance (Decision Diffuser) keeps them too, and changes the plan
+    cfg_plans = planner.plan(start, goal, steps=6, returns=torch.full((2, 1), 0.9), guidance_scale=2.0,
+                             generator=torch.Generator().manual_seed(0))
+    assert not torch.allclose(cfg_plans, plans)
+    plans = cfg_plans
     torch.testing.assert_close(plans[:, 0], start, atol=1e-5, rtol=0)
     torch.testing.assert_close(plans[:, -1], goal, atol=1e-5, rtol=0)
     # a waypoint pinned in the middle is kept too

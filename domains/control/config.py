@@ -57,6 +57,8 @@ class TaskConfig:
         value: also train a value network (Diffuser value guidance) on the windows' discounted reward.
         value_dim: base width of the value network.
         discount: per-token discount of the window reward (value target and Decision-Diffuser return).
+        goal_condition: also give the planner's network the window's first and last states as a global
+            (FiLM) condition; plans are still pinned to start and goal by inpainting.
         returns_condition: condition the planner on the window's normalised return (Decision Diffuser,
             trained with ``loss.cond_drop_prob`` for classifier-free guidance).
         inverse_dynamics: also train ``(s_t, s_{t+stride}) -> a_t`` (Decision Diffuser).
@@ -72,6 +74,7 @@ class TaskConfig:
     value: bool = False
     value_dim: int = 32
     discount: float = 0.99
+    goal_condition: bool = False
     returns_condition: bool = False
     inverse_dynamics: bool = False
     obs: Literal["keypoints", "state"] = "keypoints"

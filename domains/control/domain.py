@@ -61,8 +61,8 @@ class PlannerWindows(torch.utils.data.Dataset):
     Segments that reached their goal are absorbing: windows may run past their end, repeating the goal
     state with zero velocity (and zero action). Item::
 
-        {"fields": {"traj": (H, S [+ A])}, "valid": (H,), "value": () , "cond": {"returns": (1,)},
-         "actions": (H, A)}   # the last three only when the task needs them
+        {"fields": {"traj": (H, S [+ A])}, "valid": (H,), "value": (), "actions": (H, A),
+         "cond": {"returns": (1,), "start": (S,), "goal": (S,)}}   # optional parts only when the task needs them
     """
 
     def __init__(self, data: MazeDataset, spec: TrajectorySpec, norm: Normalizer, action_norm: Normalizer, task: TaskConfig) -> None:
@@ -82,8 +82,14 @@ class PlannerWindows(torch.utils.data.Dataset):
         ret = np.float32((self.discounts * w["rew"][:, 0]).sum() / self.discounts.sum())
         if self.task.value:
             item["value"] = ret
+        cond = {}
         if self.task.returns_condition:
-            item["cond"] = {"returns": np.array([ret], dtype=np.float32)}
+            cond["returns"] = np.array([ret], dtype=np.float32)
+        if self.task.goal_condition:
+            states = item["fields"]["traj"][:, : self.spec.state_dim]
+            cond["start"], cond["goal"] = states[0].copy(), states[-1].copy()
+        if cond:
+            item["cond"] = cond
         if self.task.inverse_dynamics:
             item["actions"] = self.action_norm.normalize(w["act"]).astype(np.float32)
         return item
@@ -179,13 +185,16 @@ class ControlDomain(Domain):
             raise ControlConfigError(f"task.kind 'planner' supports the PointMaze environments, not '{env}'")
         spec = trajectory_spec(cfg)
         cond_dims = {"returns": 1} if task.returns_condition else {}
+        if task.goal_condition:
+            cond_dims.update(start=spec.state_dim, goal=spec.state_dim)
         net = cfg.net.build(**_net_kwargs(cfg, transition_dim=spec.transition_dim, horizon=spec.horizon,
-                                          cond_dims=cond_dims, field="traj"))
+                                          cond_dims=cond_dims, cfg_keys=["returns"] if task.returns_condition else [],
+                                          field="traj"))
         diffusion = diffusion_model_from_config(net, {"traj": cfg.process.build()}, cfg.loss)
         value = TemporalValueNet(spec.transition_dim, spec.horizon, task.value_dim) if task.value else None
         inv = InverseDynamics(MAZE_STATE_DIM, MAZE_ACTION_DIM) if task.inverse_dynamics else None
         return TrajectoryPlanner(diffusion, spec, value, inv, task.returns_condition,
-                                 MAZE_ACTION_DIM if task.inverse_dynamics else 0)
+                                 MAZE_ACTION_DIM if task.inverse_dynamics else 0, goal_condition=task.goal_condition)
 
     def setup(self, cfg: Config) -> TrainSetup:
         task: TaskConfig = cfg.section("task")

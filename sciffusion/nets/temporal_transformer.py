@@ -8,6 +8,7 @@ conditioning token (diffusion time plus the optional global condition, see
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Sequence
 
 import torch
 from torch import Tensor, nn
@@ -29,6 +30,7 @@ class TemporalTransformerConfig:
     time_dim: int = 64
     cond_dims: dict[str, int] = field(default_factory=dict)
     cond_emb_dim: int = 128
+    cfg_keys: list[str] | None = None
     field: str = "traj"
 
 
@@ -42,17 +44,19 @@ class TemporalTransformer(nn.Module):
         time_dim: width of the sinusoidal time embedding.
         cond_dims: global-condition name -> flattened size.
         cond_emb_dim: MLP width for the global condition.
+        cfg_keys: conditions that classifier-free guidance drops (default: all of ``cond_dims``).
         field: name of the denoised field.
     """
 
     def __init__(self, transition_dim: int, horizon: int, d_model: int = 128, n_heads: int = 4, n_layers: int = 4,
                  dropout: float = 0.0, time_dim: int = 64, cond_dims: dict[str, int] | None = None,
-                 cond_emb_dim: int = 128, field: str = "traj") -> None:
+                 cond_emb_dim: int = 128, cfg_keys: Sequence[str] | None = None, field: str = "traj") -> None:
         super().__init__()
         if transition_dim < 1 or horizon < 1:
             raise ValueError(f"transition_dim and horizon must be >= 1, got {transition_dim}, {horizon}")
         self.field, self.transition_dim, self.horizon = field, transition_dim, horizon
         self.embed = ConditionEmbedding(time_dim, dict(cond_dims or {}), cond_emb_dim)
+        self.cfg_keys = list(self.embed.cond_names if cfg_keys is None else cfg_keys)
         self.cond_proj = nn.Linear(self.embed.dim, d_model)
         self.inp = nn.Linear(transition_dim, d_model)
         self.pos = nn.Parameter(torch.zeros(1, horizon + 1, d_model))
@@ -63,8 +67,8 @@ class TemporalTransformer(nn.Module):
         self.out = nn.Linear(d_model, transition_dim)
 
     def drop_condition(self, cond: dict[str, Tensor], drop: Tensor) -> dict[str, Tensor]:
-        """Mark the global condition of rows ``drop (B,)`` as absent (classifier-free guidance)."""
-        return nan_drop(cond, drop, self.embed.cond_names)
+        """Mark the ``cfg_keys`` conditions of rows ``drop (B,)`` as absent (classifier-free guidance)."""
+        return nan_drop(cond, drop, self.cfg_keys)
 
     def forward(self, x: dict[str, Tensor], t: Tensor, cond: dict[str, Tensor] | None = None) -> dict[str, Tensor]:
         traj = x[self.field]

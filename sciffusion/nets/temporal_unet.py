@@ -8,7 +8,8 @@ optional *global condition*: every entry of ``cond`` named in ``cond_dims`` is f
 and concatenated (e.g. Diffusion Policy's ``To`` past observations, Decision Diffuser's return).
 
 Classifier-free guidance: :meth:`TemporalUNet1D.drop_condition` marks dropped rows by filling their
-condition values with NaN; the network maps such rows to a learned *null* condition embedding.
+condition values with NaN; the network replaces such a condition by a learned *null* value (one per
+condition name, so dropping the return keeps the start and goal).
 """
 from __future__ import annotations
 
@@ -87,7 +88,8 @@ class ConditionEmbedding(nn.Module):
         else:
             self.cond_mlp = nn.Identity()
             self.cond_out = self.cond_in
-        self.null = nn.Parameter(torch.zeros(self.cond_out)) if self.cond_in else None
+        # learned stand-in for each condition when it is dropped (classifier-free guidance)
+        self.null = nn.ParameterDict({k: nn.Parameter(torch.zeros(cond_dims[k])) for k in self.cond_names})
 
     @property
     def dim(self) -> int:
@@ -105,12 +107,9 @@ class ConditionEmbedding(nn.Module):
             c = cond[k].reshape(batch, -1).to(emb.dtype)
             if c.shape[1] != self.cond_dims[k]:
                 raise ValueError(f"condition '{k}' has {c.shape[1]} values per sample, the network expects {self.cond_dims[k]}")
-            flat.append(c)
-        c = torch.cat(flat, dim=1)
-        dropped = torch.isnan(c).any(dim=1, keepdim=True)
-        c = self.cond_mlp(torch.nan_to_num(c))
-        c = torch.where(dropped, self.null.to(c.dtype).expand_as(c), c)
-        return torch.cat([emb, c], dim=1)
+            dropped = torch.isnan(c).any(dim=1, keepdim=True)
+            flat.append(torch.where(dropped, self.null[k].to(c.dtype).expand_as(c), c))
+        return torch.cat([emb, self.cond_mlp(torch.cat(flat, dim=1))], dim=1)
 
 
 def nan_drop(cond: dict[str, Tensor], drop: Tensor, names: Sequence[str]) -> dict[str, Tensor]:
@@ -136,6 +135,7 @@ class TemporalUNet1DConfig:
     time_dim: int = 0
     cond_dims: dict[str, int] = field(default_factory=dict)
     cond_emb_dim: int = 0
+    cfg_keys: list[str] | None = None
     field: str = "traj"
 
 
@@ -154,12 +154,13 @@ class TemporalUNet1D(nn.Module):
         time_dim: width of the time embedding (default ``dim``).
         cond_dims: global-condition name -> flattened size (e.g. ``{"obs": To * obs_dim}``).
         cond_emb_dim: MLP width for the global condition (0 = feed it raw).
+        cfg_keys: conditions that classifier-free guidance drops (default: all of ``cond_dims``).
         field: name of the field the network denoises.
     """
 
     def __init__(self, transition_dim: int, dim: int = 32, dim_mults: Sequence[int] = (1, 2, 4), kernel_size: int = 5,
                  n_groups: int = 8, film: bool = True, time_dim: int = 0, cond_dims: dict[str, int] | None = None,
-                 cond_emb_dim: int = 0, field: str = "traj") -> None:
+                 cond_emb_dim: int = 0, cfg_keys: Sequence[str] | None = None, field: str = "traj") -> None:
         super().__init__()
         if transition_dim < 1:
             raise ValueError(f"transition_dim must be >= 1, got {transition_dim}")
@@ -167,6 +168,7 @@ class TemporalUNet1D(nn.Module):
         self.transition_dim = transition_dim
         self.n_down = len(dim_mults) - 1
         self.embed = ConditionEmbedding(time_dim or dim, dict(cond_dims or {}), cond_emb_dim)
+        self.cfg_keys = list(self.embed.cond_names if cfg_keys is None else cfg_keys)
         e = self.embed.dim
         widths = [dim * m for m in dim_mults]
         self.stem = nn.Conv1d(transition_dim, dim, 1)
@@ -193,8 +195,8 @@ class TemporalUNet1D(nn.Module):
         self.out = nn.Sequential(Conv1dBlock(c, c, kernel_size, n_groups), nn.Conv1d(c, transition_dim, 1))
 
     def drop_condition(self, cond: dict[str, Tensor], drop: Tensor) -> dict[str, Tensor]:
-        """Mark the global condition of rows ``drop (B,)`` as absent (classifier-free guidance)."""
-        return nan_drop(cond, drop, self.embed.cond_names)
+        """Mark the ``cfg_keys`` conditions of rows ``drop (B,)`` as absent (classifier-free guidance)."""
+        return nan_drop(cond, drop, self.cfg_keys)
 
     def forward(self, x: dict[str, Tensor], t: Tensor, cond: dict[str, Tensor] | None = None) -> dict[str, Tensor]:
         traj = x[self.field]

@@ -81,24 +81,27 @@ class TrajectoryPlanner(nn.Module):
         value_net: optional ``(x_t (B, H, D), t (B,)) -> (B,)`` trained on noisy windows.
         inverse_dynamics: optional :class:`InverseDynamics` (needs actions in the batch).
         returns_condition: the diffusion net is conditioned on ``cond["returns"]`` (Decision Diffuser).
+        goal_condition: the diffusion net also sees the start and goal states as a global (FiLM)
+            condition ``cond["start"]``, ``cond["goal"]`` (normalised, ``(B, S)``), besides inpainting.
         action_dim_data: action size in the data (for the inverse dynamics), when ``spec.action_dim = 0``.
         field: name of the trajectory field.
 
     Batch (from the domain's dataset, collated)::
 
         {"fields": {field: (B, H, D)}, "loss_mask": {field: (B, H, D)},
-         "cond": {"returns": (B, 1)} (optional), "value": (B,) (optional),
+         "cond": {"returns": (B, 1), "start": (B, S), "goal": (B, S)} (as configured), "value": (B,) (optional),
          "actions": (B, H, A_data) normalised (optional), "valid": (B, H)}
     """
 
     def __init__(self, diffusion: DiffusionModel, spec: TrajectorySpec, value_net: nn.Module | None = None,
                  inverse_dynamics: InverseDynamics | None = None, returns_condition: bool = False,
-                 action_dim_data: int = 0, field: str = "traj") -> None:
+                 action_dim_data: int = 0, field: str = "traj", goal_condition: bool = False) -> None:
         super().__init__()
         self.diffusion, self.spec, self.field = diffusion, spec, field
         self.value_net = value_net
         self.inverse_dynamics = inverse_dynamics
         self.returns_condition = returns_condition
+        self.goal_condition = goal_condition
         self.norm = _AffineBuffers(spec.transition_dim)
         self.action_norm = _AffineBuffers(action_dim_data) if action_dim_data else None
 
@@ -111,7 +114,7 @@ class TrajectoryPlanner(nn.Module):
         """Diffusion loss + (optional) value regression + (optional) inverse-dynamics regression."""
         fields = batch["fields"]
         inner = {"fields": fields, "loss_mask": batch.get("loss_mask")}
-        if self.returns_condition:
+        if self.returns_condition or self.goal_condition:
             inner["cond"] = batch["cond"]
         loss = self.diffusion.training_loss(inner, rng)
         x0 = fields[self.field]
@@ -180,17 +183,24 @@ class TrajectoryPlanner(nn.Module):
         """
         b = start.shape[0]
         device = self.norm.shift.device
-        cond = None
+        cond: dict[str, Tensor] | None = None
         if self.returns_condition:
             if returns is None:
                 returns = torch.ones(b, 1)
             cond = {"returns": returns.to(device=device, dtype=torch.float32).reshape(b, 1)}
+        if self.goal_condition:
+            if goal is None:
+                raise TrajectoryError("a goal-conditioned planner needs a goal")
+            full = torch.zeros(b, self.spec.state_dim)
+            full[:, list(range(self.spec.state_dim)) if goal_dims is None else list(goal_dims)] = goal.float().cpu()
+            cond = {**(cond or {}), "start": self.normalize_states(start.float().to(device)),
+                    "goal": self.normalize_states(full.to(device))}
         inpaint = self.conditions(start.float().cpu(), None if goal is None else goal.float().cpu(), goal_dims, waypoints)
         inpaint = Inpaint({k: v.to(device) for k, v in inpaint.values.items()}, {k: v.to(device) for k, v in inpaint.mask.items()},
                           noise_known=False)
         shape = {self.field: (b, self.spec.horizon, self.spec.transition_dim)}
         out = self.diffusion.sample(shape, cond=cond, solver=solver, steps=steps, gradient_guidance=gradient_guidance,
-                                    constraints=[inpaint], guidance_scale=guidance_scale if cond is not None else 1.0,
+                                    constraints=[inpaint], guidance_scale=guidance_scale if self.returns_condition else 1.0,
                                     generator=generator)
         return self.unnormalize(out[self.field])
 

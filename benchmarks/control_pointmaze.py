@@ -1,0 +1,181 @@
+"""PointMaze U-Maze / Medium / Large: Diffuser-style planner vs scripted expert vs MLP behaviour cloning.
+
+For each maze (all in one run): generate (or load the cached) 1e6-step offline data set of the scripted
+waypoint expert, train the planner (configs/control/pointmaze_<maze>.yaml) and a goal-conditioned MLP
+BC baseline on it through the core Trainer, then run 50 episodes with fixed seeds for
+
+    (a) planner, plan once + tracking controller      (b) planner with receding-horizon replanning
+    (c) scripted expert (noise-free)                   (d) MLP behaviour cloning
+
+On U-Maze also: plan latency of 256-step DDPM vs our solver at <= 20 NFE (same model, same run, with
+their success rates), and a forbidden region added at test time only (cost guidance), reporting the
+fraction of episodes whose executed path avoids it and their success.
+
+    python benchmarks/control_pointmaze.py [--mazes umaze,medium,large] [--episodes 50] [--train-steps N]
+
+Writes ``benchmarks/results/control_pointmaze.json``.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import bar, write_results  # noqa: E402
+
+from sciffusion.config import load_config  # noqa: E402
+from sciffusion.domain import load_run  # noqa: E402
+from sciffusion.domains.control.config import ForbiddenRegion  # noqa: E402
+from sciffusion.domains.control.controllers import TrackingConfig  # noqa: E402
+from sciffusion.domains.control.datasets import load_or_generate_maze_dataset  # noqa: E402
+from sciffusion.domains.control.evaluation import BCAgent, ExpertAgent, PlannerAgent, run_maze_episodes, summarize  # noqa: E402
+from sciffusion.domains.control.maze import get_maze  # noqa: E402
+from sciffusion.domains.control.plots import plot_maze_paths  # noqa: E402
+from sciffusion.train.trainer import train  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+DIFFUSER = {"umaze": 113.9, "medium": 121.5, "large": 123.0}  # Janner et al. 2022, Table 1 (D4RL maze2d)
+REWARD = "sparse: 1 for every step that ends with the ball within 0.45 m of the goal, else 0 (gymnasium-robotics)"
+FORMULA = "normalized_score = 100 * (return - ref_min) / (ref_max - ref_min), D4RL reference returns"
+# U-Maze forbidden region: right side of the vertical corridor, cell (2, 3) (centre x = 1.0, y = 0.0)
+REGION = ForbiddenRegion(center=[1.15, 0.0], radius=0.25, margin=0.12, scale=2.0)
+REGION_STARTS = [[3, 1], [3, 2]]  # bottom row: every path to the goal (1, 1) passes the corridor
+
+
+def plan_latency(planner, solver: str, steps: int, repeats: int, spec) -> float:
+    """Median seconds of one plan (batch 1) from a fixed start to the maze's goal."""
+    start = torch.tensor([[*spec.cell_to_xy(spec.free_cells[-1]), 0.0, 0.0]], dtype=torch.float32)
+    goal = torch.tensor([[*spec.cell_to_xy(spec.goal_cell), 0.0, 0.0]], dtype=torch.float32)
+    times = []
+    for r in range(repeats):
+        t0 = time.perf_counter()
+        planner.plan(start, goal, solver=solver, steps=steps, generator=torch.Generator().manual_seed(r))
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def train_run(config: Path, overrides: list[str], run_dir: Path) -> dict[str, Any]:
+    cfg = load_config(config, [f"run_dir={run_dir}", "trainer.progress=false", *overrides])
+    t0 = time.perf_counter()
+    result = train(cfg, resume=(run_dir / "checkpoints" / "last").exists())
+    return {"config": str(config.relative_to(ROOT)), "overrides": overrides, "steps": result.step,
+            "final_loss": result.loss, "wall_seconds_this_call": round(time.perf_counter() - t0, 1),
+            "batch_size": cfg.trainer.batch_size, "net": cfg.to_dict().get("net"), "task": cfg.to_dict().get("task")}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--mazes", default="umaze,medium,large")
+    ap.add_argument("--episodes", type=int, default=50)
+    ap.add_argument("--seed", type=int, default=0, help="episode i uses env seed seed + i")
+    ap.add_argument("--data-steps", type=int, default=1_000_000)
+    ap.add_argument("--train-steps", type=int, default=None, help="planner training steps (default: the config's)")
+    ap.add_argument("--bc-steps", type=int, default=20_000)
+    ap.add_argument("--work", default=str(ROOT / "runs/bench_control_pointmaze"))
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (1 avoids spinning on a shared CPU)")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    work = Path(args.work)
+    results: dict[str, Any] = {}
+    bars = []
+    for maze in args.mazes.split(","):
+        name = f"pointmaze-{maze}"
+        spec = get_maze(name)
+        cache = ROOT / f"data_cache/{name}-{args.data_steps}-s0"
+        t0 = time.perf_counter()
+        data = load_or_generate_maze_dataset(name, args.data_steps, 0, cache)
+        data_info = {k: data.settings[k] for k in ("n_steps", "seed", "expert", "n_segments", "n_terminal_segments", "generation_seconds")}
+        data_info["load_seconds"] = round(time.perf_counter() - t0, 1)
+        data_overrides = [f"data.generate_steps={args.data_steps}", "data.generate_seed=0", f"data.cache={cache}"]
+        config = ROOT / f"configs/control/pointmaze_{maze}.yaml"
+        planner_overrides = data_overrides + ([f"trainer.max_steps={args.train_steps}"] if args.train_steps else [])
+        planner_train = train_run(config, planner_overrides, work / f"{maze}_planner")
+        bc_overrides = data_overrides + ["task.kind=bc", f"trainer.max_steps={args.bc_steps}", "trainer.batch_size=256",
+                                         "trainer.lr=0.001", "trainer.ema_decay=0.999"]
+        bc_train = train_run(config, bc_overrides, work / f"{maze}_bc")
+        planner = load_run(work / f"{maze}_planner", "cpu")
+        bc = load_run(work / f"{maze}_bc", "cpu")
+        cfg = planner.config
+        control, sample = cfg.section("control"), cfg.sample
+        tracking = TrackingConfig(control.kp, control.gain, control.max_speed)
+        row: dict[str, Any] = {"data": data_info, "planner_training": planner_train, "bc_training": bc_train,
+                               "solver": sample.solver, "solver_steps": sample.steps, "replan_every": control.replan_every}
+
+        def planner_agent(mode: str, **kw: Any) -> PlannerAgent:
+            return PlannerAgent(planner.model, tracking, mode=mode, replan_every=control.replan_every,
+                                solver=kw.pop("solver", sample.solver), steps=kw.pop("steps", sample.steps), seed=args.seed, **kw)
+
+        runs = {
+            "a_planner_tracking": planner_agent("open_loop"),
+            "b_planner_receding": planner_agent("receding"),
+            "c_expert": ExpertAgent(spec),
+            "d_mlp_bc": BCAgent(bc.model),
+        }
+        for key, agent in runs.items():
+            res = run_maze_episodes(spec, agent, args.episodes, args.seed)
+            row[key] = summarize(res)
+            if isinstance(agent, PlannerAgent):
+                row[key]["plan_calls"] = len(agent.plan_seconds)
+                row[key]["plan_seconds_per_call_batched"] = float(np.mean(agent.plan_seconds))
+                if key == "a_planner_tracking":
+                    plot_maze_paths(spec, res["paths"], agent.first_plans, res["goals"], work / f"{maze}_paths.png", res["success"])
+            print(maze, key, row[key], flush=True)
+        score = row["b_planner_receding"]["normalized_score"]
+        bars.append(bar(f"success_{maze}", row["b_planner_receding"]["success_rate"], ">=", 0.95))
+        bars.append(bar(f"score_ratio_vs_diffuser_{maze}", score / DIFFUSER[maze], ">=", 1.0))
+
+        if maze == "umaze":
+            # latency: DDPM with all 256 training steps vs ours (<= 20 NFE), same model, same run, interleaved
+            lat_ddpm = plan_latency(planner.model, "ddpm", 256, 5, spec)
+            lat_ours = plan_latency(planner.model, sample.solver, sample.steps, 5, spec)
+            ddpm_res = summarize(run_maze_episodes(spec, planner_agent("open_loop", solver="ddpm", steps=256), args.episodes, args.seed))
+            row["latency"] = {"ddpm256_seconds": lat_ddpm, "ours_seconds": lat_ours, "ours_solver": sample.solver,
+                              "ours_nfe": sample.steps, "speedup": lat_ddpm / lat_ours,
+                              "success_ddpm256_open_loop": ddpm_res["success_rate"],
+                              "success_ours_open_loop": row["a_planner_tracking"]["success_rate"],
+                              "score_ddpm256_open_loop": ddpm_res["normalized_score"]}
+            bars.append(bar("plan_speedup_vs_ddpm256", lat_ddpm / lat_ours, ">=", 10.0))
+            # forbidden region at test time only: unguided vs cost-guided planner, starts in the bottom row
+            region_rows = {}
+            for label, region in (("unguided", None), ("guided", REGION)):
+                agent = planner_agent("receding", forbidden=region)
+                res = run_maze_episodes(spec, agent, args.episodes, args.seed, start_cells=REGION_STARTS, region=REGION)
+                region_rows[label] = summarize(res)
+                plot_maze_paths(spec, res["paths"], agent.first_plans, res["goals"], work / f"umaze_region_{label}.png",
+                                res["success"], REGION)
+                print("region", label, region_rows[label], flush=True)
+            row["forbidden_region"] = {"region": {"center": REGION.center, "radius": REGION.radius, "cost_margin": REGION.margin,
+                                                  "guidance_scale": REGION.scale},
+                                       "starts": REGION_STARTS, "mode": "receding", **region_rows}
+            bars.append(bar("avoid_rate_guided", region_rows["guided"]["avoid_rate"], ">=", 0.9))
+            bars.append(bar("success_guided", region_rows["guided"]["success_rate"], ">=", 0.9))
+        results[maze] = row
+
+    write_results("control_pointmaze", {
+        "settings": {"episodes": args.episodes, "episode_seeds": f"{args.seed}..{args.seed + args.episodes - 1}",
+                     "protocol": "D4RL maze2d-style: fixed D4RL goal cell (U (1,1), Medium (6,6), Large (7,9)), start cell "
+                                 "uniform over free cells >= 0.5 m from the goal, +-0.25 m uniform noise on both "
+                                 "(gymnasium-robotics reset); episode length 300/600/800 steps; no termination at the goal",
+                     "reward": REWARD, "normalized_score_formula": FORMULA,
+                     "reference_returns": {m: [get_maze(f'pointmaze-{m}').ref_min_score, get_maze(f'pointmaze-{m}').ref_max_score]
+                                           for m in DIFFUSER},
+                     "success": "the ball came within 0.45 m of the goal at least once",
+                     "bars_use": "(b) planner with receding-horizon replanning",
+                     "torch_threads": args.threads,
+                     "compute": "CPU only, 2 cores shared with other jobs; budgets are the configs' trainer.max_steps"},
+        "anchors": {"diffuser_normalized_score_d4rl_maze2d": DIFFUSER,
+                    "note": "paper numbers on D4RL maze2d (mujoco-py, 0.5 m goal radius, fixed-goal eval), not re-run here"},
+        "results": results,
+        "bars": bars,
+    }, packages=("sciffusion", "torch", "numpy", "gymnasium", "gymnasium-robotics", "mujoco"))
+
+
+if __name__ == "__main__":
+    main()
