@@ -15,6 +15,7 @@ which coordinates the probability-flow ODE is integrated by Euler / Heun (``ode_
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Literal, Sequence
 
@@ -34,6 +35,10 @@ def broadcast(c: Tensor, like: Tensor, index: Tensor | None = None) -> Tensor:
     if index is not None:
         c = c[index]
     return c.reshape(c.shape[0], *([1] * (like.dim() - 1))).to(like.dtype)
+
+
+def _memo_key(t: Tensor, like: Tensor, index: Tensor | None) -> tuple:
+    return (id(t), t._version, like.dim(), like.dtype, like.device, None if index is None else (id(index), index._version))
 
 
 class GaussianProcess:
@@ -60,10 +65,33 @@ class GaussianProcess:
         raise NotImplementedError
 
     def coefficients(self, t: Tensor, like: Tensor, index: Tensor | None = None) -> Coefficients:
-        """Path coefficients at ``t`` (B,), broadcast to the field ``like``."""
+        """Path coefficients at ``t`` (B,), broadcast to the field ``like``.
+
+        The last few results are remembered by the time tensor's identity and version (an in-place change
+        misses), the field's rank, dtype and device, and the index, so a sampling loop that hands one time
+        tensor to the network's prediction and to the solver step computes them once (and may provide them
+        up front, see :meth:`remember_coefficients`).
+        """
+        key = _memo_key(t, like, index)
+        hit = self._memo().get(key)
+        if hit is not None and hit[0] is t and hit[1] is index:
+            return hit[2]
         alpha, sigma = self.alpha_sigma(t)
         d_alpha, d_sigma = self.derivatives(t)
-        return Coefficients(*(broadcast(v, like, index) for v in (alpha, sigma, d_alpha, d_sigma)))
+        c = Coefficients(*(broadcast(v, like, index) for v in (alpha, sigma, d_alpha, d_sigma)))
+        self.remember_coefficients(t, like, index, c)
+        return c
+
+    def remember_coefficients(self, t: Tensor, like: Tensor, index: Tensor | None, c: Coefficients) -> None:
+        """Make :meth:`coefficients` return ``c`` for this time tensor (a sampling loop evaluates the whole grid
+        at once and hands each step's coefficients in; the last 8 are kept)."""
+        memo = self._memo()
+        memo[_memo_key(t, like, index)] = (t, index, c)  # holding t and index keeps their ids from being reused
+        while len(memo) > 8:
+            memo.popitem(last=False)
+
+    def _memo(self) -> OrderedDict:
+        return self.__dict__.setdefault("_coefficient_memo", OrderedDict())
 
     def log_snr(self, t: Tensor) -> Tensor:
         """``log(alpha^2 / sigma^2)`` (B,)."""

@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from sciffusion.processes import GaussianProcess, Prediction, broadcast
+from sciffusion.processes import Coefficients, GaussianProcess, Prediction, broadcast
 from sciffusion.registry import SOLVERS
 from sciffusion.sampling import steps as S
 
@@ -68,21 +68,52 @@ def solve(processes: dict[str, GaussianProcess], denoise: DenoiseFn, x: State, g
     constraints = list(constraints)
     batch = _batch_size(x, index)
     device = next(iter(x.values())).device
-    times = [grid[i].item() for i in range(len(grid))]
+    dtype = _dtype(x) if _dtype(x) in (torch.float32, torch.float64) else torch.float32
+    times = grid.tolist()  # one host copy of the grid (no per-step .item() syncs)
+    grid_t = grid.to(device=device, dtype=dtype)
+    # The path on the whole grid at once, per field: alpha, sigma, d alpha / dt, d sigma / dt, each (N + 1,).
+    path = {name: (*proc.alpha_sigma(grid_t), *proc.derivatives(grid_t)) for name, proc in processes.items()}
+    # where the SDE drift is singular (alpha = 0: flow at t = 1), EM / PC take an ancestral step instead
+    alpha_zero = {name: (values[0] == 0).tolist() for name, values in path.items()}
+    # dense fields: per grid time, coefficients already shaped (1, 1, ...) to broadcast against the field
+    dense = {name: list(zip(*(_per_time(v, x[name]) for v in values))) for name, values in path.items() if name not in index}
+    # Euler / Heun: ODE coordinates (tau, scale) per grid time; scale None where it is 1 throughout (flow)
+    ode: dict[str, list[tuple[Tensor, Tensor | None]]] = {}
+    if solver in ("euler", "heun"):
+        for name, proc in processes.items():
+            tau, scale = proc.ode_coords(grid_t)
+            ones = bool((scale == 1).all())
+            if name in index:
+                ode[name] = [(broadcast(a.expand(batch), x[name], index[name]), None if ones else broadcast(b.expand(batch), x[name], index[name]))
+                             for a, b in zip(tau.unbind(0), scale.unbind(0))]
+            else:
+                ode[name] = [(a, None if ones else b) for a, b in zip(_per_time(tau, x[name]), _per_time(scale, x[name]))]
 
-    def at(v: float) -> Tensor:
-        return torch.full((batch,), v, dtype=torch.float64 if device.type == "cpu" else torch.float32, device=device)
+    def at(i: int) -> Tensor:
+        """The batch's time at grid point ``i`` (B,), one tensor handed to the network and to the steps alike,
+        with every process's coefficients for it already remembered (so none is recomputed per step)."""
+        t = grid_t[i:i + 1].expand(batch)
+        for name, proc in processes.items():
+            idx = index.get(name)
+            if idx is None:
+                c = Coefficients(*dense[name][i])
+            else:  # ragged rows pick their sample's value
+                c = Coefficients(*(broadcast(v[i:i + 1].expand(batch), x[name], idx) for v in path[name]))
+            proc.remember_coefficients(t, x[name], idx, c)
+        return t
 
     def constrain(state: State, t: Tensor) -> State:
         for c in constraints:
             state = c(state, t, processes, generator)
         return state
 
-    x = constrain(dict(x), at(times[0]))
+    t = at(0)
+    x = constrain(dict(x), t)
     prev: tuple[dict[str, Tensor], Tensor] | None = None
     for i in tqdm(range(len(times) - 1), disable=not progress, desc=f"sampling ({solver})", leave=False):
-        t, s = at(times[i]), at(times[i + 1])
-        pred = denoise(x, t.to(_dtype(x)))
+        s = at(i + 1)
+        last = times[i + 1] == 0.0
+        pred = denoise(x, t)
         new: State = {}
         for name, proc in processes.items():
             xi, p, idx = x[name], pred[name], index.get(name)
@@ -93,26 +124,34 @@ def solve(processes: dict[str, GaussianProcess], denoise: DenoiseFn, x: State, g
             elif solver == "dpmpp_2m":
                 new[name] = S.dpmpp_2m_step(proc, xi, p, t, s, prev[0][name] if prev else None, prev[1] if prev else None, idx)
             elif solver in ("euler", "heun"):
-                new[name] = S.euler_step(proc, xi, p, t, s, idx)
+                new[name] = S.euler_step(proc, xi, p, t, s, idx, coords=(*ode[name][i], *ode[name][i + 1]))
             elif solver in ("euler_maruyama", "pc"):
-                if times[i + 1] == 0.0:  # the SDE ends on the denoised mean (Song et al.'s last step)
+                if last:  # the SDE ends on the denoised mean (Song et al.'s last step)
                     new[name] = p.x0
-                elif float(proc.alpha_sigma(t[:1])[0]) == 0.0:  # SDE drift is singular where alpha = 0 (flow at t=1)
+                elif alpha_zero[name][i]:
                     new[name] = S.ddpm_step(proc, xi, p, t, s, _noise(xi, generator), idx)
                 else:
                     new[name] = S.euler_maruyama_step(proc, xi, p, t, s, _noise(xi, generator), idx)
-        if solver == "heun" and times[i + 1] > 0:
-            pred_s = denoise(new, s.to(_dtype(x)))
-            new = {n: S.heun_correct(proc, x[n], pred[n], pred_s[n], t, s, index.get(n)) for n, proc in processes.items()}
-        if solver == "pc" and times[i + 1] > 0:
+        if solver == "heun" and not last:
+            pred_s = denoise(new, s)
+            new = {n: S.heun_correct(proc, x[n], pred[n], pred_s[n], t, s, index.get(n), coords=(*ode[n][i], *ode[n][i + 1]))
+                   for n, proc in processes.items()}
+        if solver == "pc" and not last:
             new = constrain(new, s)
-            pred_s = denoise(new, s.to(_dtype(x)))
+            pred_s = denoise(new, s)
             for name, proc in processes.items():
-                sigma = broadcast(proc.alpha_sigma(s)[1], new[name], index.get(name))
+                sigma = proc.coefficients(s, new[name], index.get(name)).sigma
                 new[name] = S.langevin_correct(new[name], pred_s[name], sigma, _noise(new[name], generator), pc_snr)
-        prev = ({n: p.x0 for n, p in pred.items()}, t)
+        if solver == "dpmpp_2m":
+            prev = ({n: p.x0 for n, p in pred.items()}, t)
         x = constrain(new, s)
+        t = s
     return x
+
+
+def _per_time(values: Tensor, like: Tensor) -> tuple[Tensor, ...]:
+    """``(N + 1,)`` values -> one tensor per grid time, shaped ``(1, 1, ...)`` to broadcast against ``like``."""
+    return values.to(like.dtype).reshape(-1, *([1] * like.dim())).unbind(0)
 
 
 def _batch_size(x: State, index: dict[str, Tensor]) -> int:

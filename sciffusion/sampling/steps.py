@@ -13,8 +13,24 @@ from sciffusion.processes import GaussianProcess, Prediction, broadcast
 
 
 def _ab(process: GaussianProcess, t: Tensor, like: Tensor, index: Tensor | None) -> tuple[Tensor, Tensor]:
-    alpha, sigma = process.alpha_sigma(t)
-    return broadcast(alpha, like, index), broadcast(sigma, like, index)
+    c = process.coefficients(t, like, index)  # remembered per time tensor: shared with the network's conversion
+    return c.alpha, c.sigma
+
+
+def _shared(t: Tensor, index: Tensor | None) -> Tensor:
+    """``t[:1]`` when a dense field's batch shares one time as an expanded scalar (as the sampling loop passes
+    it), so that it is evaluated once."""
+    return t[:1] if index is None and t.dim() == 1 and t.shape[0] > 1 and t.stride(0) == 0 else t
+
+
+def _ode_coords(process: GaussianProcess, t: Tensor, like: Tensor, index: Tensor | None) -> tuple[Tensor, Tensor]:
+    """:meth:`~GaussianProcess.ode_coords` broadcast to ``like``; the default ``(sigma / alpha, alpha)`` comes
+    from the process's remembered coefficients."""
+    if type(process).ode_coords is GaussianProcess.ode_coords:
+        c = process.coefficients(t, like, index)
+        return c.sigma / c.alpha, c.alpha
+    tau, scale = process.ode_coords(_shared(t, index))
+    return broadcast(tau, like, index), broadcast(scale, like, index)
 
 
 def ddim_step(process: GaussianProcess, x: Tensor, pred: Prediction, t: Tensor, s: Tensor, eta: float = 0.0,
@@ -61,56 +77,64 @@ def dpmpp_2m_step(process: GaussianProcess, x: Tensor, pred: Prediction, t: Tens
     a_s, s_s = _ab(process, s, x, index)
     if bool((s_s == 0).all()):
         return pred.x0.clone()  # exact end of the exponential integrator
-    lam_t, lam_s = torch.log(a_t) - torch.log(s_t), torch.log(a_s) - torch.log(s_s)
-    h = lam_s - lam_t
-    phi = torch.expm1(-h)  # e^{-h} - 1
+    lam_t = torch.log(a_t / s_t)
+    h = torch.log(a_s / s_s) - lam_t
     d = pred.x0
     if prev_x0 is not None and prev_t is not None:
         a_p, s_p = _ab(process, prev_t, x, index)
-        h_prev = lam_t - (torch.log(a_p) - torch.log(s_p))
-        r = h_prev / h
-        second = torch.isfinite(r) & (r > 0)
-        d = torch.where(second, pred.x0 + 0.5 * (pred.x0 - prev_x0) / torch.where(second, r, torch.ones_like(r)), pred.x0)
-    return (s_s / s_t) * x - a_s * phi * d
+        h_prev = lam_t - torch.log(a_p / s_p)
+        # D = x0 + (x0 - x0_prev) / (2 r), r = h_prev / h; first order where the history is unusable: h_prev
+        # infinite (the previous time had alpha = 0) gives weight 0, h_prev <= 0 (repeated times) is masked
+        weight = torch.where((h_prev > 0) & (h > 0), 0.5 * h / h_prev, torch.zeros_like(h))
+        d = pred.x0 + weight * (pred.x0 - prev_x0)
+    return (s_s / s_t) * x - (a_s * torch.expm1(-h)) * d
+
+
+ODECoords = tuple[Tensor, "Tensor | None", Tensor, "Tensor | None"]
 
 
 def euler_step(process: GaussianProcess, x: Tensor, pred: Prediction, t: Tensor, s: Tensor,
-               index: Tensor | None = None) -> Tensor:
-    """Euler step of the probability-flow ODE in the process's ODE coordinates (:meth:`ode_coords`)."""
-    tau_t, scale_t = process.ode_coords(t)
-    tau_s, scale_s = process.ode_coords(s)
-    y = x / broadcast(scale_t, x, index)
-    y_s = y + broadcast(tau_s - tau_t, x, index) * process.ode_drift(pred)
-    return y_s * broadcast(scale_s, x, index)
+               index: Tensor | None = None, *, coords: ODECoords | None = None) -> Tensor:
+    """Euler step of the probability-flow ODE in the process's ODE coordinates (:meth:`ode_coords`).
+
+    ``coords``: ``(tau_t, scale_t, tau_s, scale_s)`` already broadcast to ``x`` (a scale of ``None`` is 1), as
+    the sampling loop precomputes them for its grid; computed from the process when not given.
+    """
+    tau_t, scale_t, tau_s, scale_s = coords if coords is not None else (*_ode_coords(process, t, x, index), *_ode_coords(process, s, x, index))
+    y = x if scale_t is None else x / scale_t
+    y_s = y + (tau_s - tau_t) * process.ode_drift(pred)
+    return y_s if scale_s is None else y_s * scale_s
 
 
 def heun_correct(process: GaussianProcess, x: Tensor, pred_t: Prediction, pred_s: Prediction, t: Tensor, s: Tensor,
-                 index: Tensor | None = None) -> Tensor:
-    """Heun's (trapezoid) correction: average the ODE drift at ``t`` and at the Euler proposal at ``s``."""
-    tau_t, scale_t = process.ode_coords(t)
-    tau_s, scale_s = process.ode_coords(s)
+                 index: Tensor | None = None, *, coords: ODECoords | None = None) -> Tensor:
+    """Heun's (trapezoid) correction: average the ODE drift at ``t`` and at the Euler proposal at ``s``
+    (``coords`` as in :func:`euler_step`)."""
+    tau_t, scale_t, tau_s, scale_s = coords if coords is not None else (*_ode_coords(process, t, x, index), *_ode_coords(process, s, x, index))
     drift = 0.5 * (process.ode_drift(pred_t) + process.ode_drift(pred_s))
-    y = x / broadcast(scale_t, x, index)
-    return (y + broadcast(tau_s - tau_t, x, index) * drift) * broadcast(scale_s, x, index)
+    y = x if scale_t is None else x / scale_t
+    y_s = y + (tau_s - tau_t) * drift
+    return y_s if scale_s is None else y_s * scale_s
+
+
+def _sde_terms(alpha: Tensor, sigma: Tensor, d_alpha: Tensor, d_sigma: Tensor) -> tuple[Tensor, Tensor]:
+    f = d_alpha / alpha
+    return f, (2 * sigma * d_sigma - 2 * f * sigma**2).clamp_min(0)
 
 
 def sde_coefficients(process: GaussianProcess, t: Tensor) -> tuple[Tensor, Tensor]:
     """Drift factor ``f(t)`` and squared diffusion ``g(t)^2`` of the forward SDE ``dx = f x dt + g dW``
     whose marginals are the path: ``f = alpha'/alpha``, ``g^2 = 2 sigma sigma' - 2 f sigma^2``."""
-    alpha, sigma = process.alpha_sigma(t)
-    d_alpha, d_sigma = process.derivatives(t)
-    f = d_alpha / alpha
-    return f, (2 * sigma * d_sigma - 2 * f * sigma**2).clamp_min(0)
+    return _sde_terms(*process.alpha_sigma(t), *process.derivatives(t))
 
 
 def euler_maruyama_step(process: GaussianProcess, x: Tensor, pred: Prediction, t: Tensor, s: Tensor, noise: Tensor,
                         index: Tensor | None = None) -> Tensor:
     """Euler–Maruyama on the reverse-time SDE ``dx = [f x - g^2 score] dt + g dW`` from ``t`` down to ``s``."""
-    _, sigma = _ab(process, t, x, index)
-    f, g2 = sde_coefficients(process, t)
-    f, g2 = broadcast(f, x, index), broadcast(g2, x, index)
-    dt = broadcast(s - t, x, index)  # negative
-    score = -pred.eps / sigma
+    c = process.coefficients(t, x, index)
+    f, g2 = _sde_terms(c.alpha, c.sigma, c.d_alpha, c.d_sigma)
+    dt = broadcast(_shared(s, index) - _shared(t, index), x, index)  # negative
+    score = -pred.eps / c.sigma
     return x + (f * x - g2 * score) * dt + (g2 * (-dt)).sqrt() * noise
 
 
