@@ -15,7 +15,7 @@ With eigen-decompositions ``S_k = U_k diag(l_k) U_k^T`` and ``z_k = U_k^T (x - a
 both finite at ``alpha = 0`` (flow prior) and at ``sigma = 0`` (clean data), and averaged with the
 component responsibilities ``r_k(x_t)``.
 
-:func:`sliced_wasserstein` compares sample sets (e.g. solver samples against fresh true samples).
+:class:`SlicedWasserstein` / :func:`sliced_wasserstein` compare sample sets (e.g. solver samples against fresh true samples).
 """
 from __future__ import annotations
 
@@ -193,21 +193,41 @@ def _as_float64(value: Tensor | Sequence) -> Tensor:
     return torch.as_tensor(value, dtype=torch.float64)
 
 
-def sliced_wasserstein(a: Tensor, b: Tensor, projections: int = 512, seed: int = 0, p: int = 1) -> float:
-    """Sliced Wasserstein-``p`` distance between two equally sized sample sets ``(N, D)``.
+class SlicedWasserstein:
+    """Sliced Wasserstein-``p`` distance of sample sets to a fixed reference set ``(N, D)``.
 
-    ``(mean over random unit directions u of W_p^p(a u, b u))^(1/p)``, each 1-D ``W_p`` from sorted
-    projections. The directions are drawn from a generator seeded with ``seed``, so two calls with the
-    same seed use the same directions. The default ``p = 1`` keeps the sampling noise of a finite set low
-    on well-separated mixtures: a mass imbalance ``delta`` between modes a distance ``L`` apart costs
-    ``delta L`` in ``W_1`` but ``sqrt(delta) L`` in ``W_2``.
+    ``(mean over random unit directions u of W_p^p(x u, reference u))^(1/p)``, each 1-D ``W_p`` from sorted
+    projections (the reference's are sorted once). The directions come from a generator seeded with ``seed``.
+    The default ``p = 1`` keeps the sampling noise of a finite set low on well-separated mixtures: a mass
+    imbalance ``delta`` between modes a distance ``L`` apart costs ``delta L`` in ``W_1`` but
+    ``sqrt(delta) L`` in ``W_2``.
     """
+
+    def __init__(self, reference: Tensor, projections: int = 512, seed: int = 0, p: int = 1) -> None:
+        if reference.dim() != 2:
+            raise ValueError(f"sliced Wasserstein needs an (N, D) reference set, got shape {tuple(reference.shape)}")
+        gen = torch.Generator().manual_seed(seed)
+        dirs = torch.randn(projections, reference.shape[1], generator=gen, dtype=torch.float64)
+        self.directions = dirs / dirs.norm(dim=1, keepdim=True)  # (P, D)
+        self.p = p
+        self._sorted_reference = self._project(reference)
+
+    def _project(self, x: Tensor) -> np.ndarray:
+        """``(P, N)`` sorted projections (numpy's row sort is several times faster than torch's here)."""
+        return np.sort((self.directions @ x.detach().to(torch.float64).cpu().T).numpy(), axis=1)
+
+    def __call__(self, samples: Tensor) -> float:
+        """Distance of ``samples`` ``(N, D)`` (same ``N`` as the reference) to the reference."""
+        if samples.shape != (self._sorted_reference.shape[1], self.directions.shape[1]):
+            raise ValueError(f"sliced Wasserstein: samples {tuple(samples.shape)} do not match the reference "
+                             f"({self._sorted_reference.shape[1]}, {self.directions.shape[1]})")
+        gaps = np.abs(self._project(samples) - self._sorted_reference)
+        return float(np.mean(gaps**self.p) ** (1.0 / self.p))
+
+
+def sliced_wasserstein(a: Tensor, b: Tensor, projections: int = 512, seed: int = 0, p: int = 1) -> float:
+    """Sliced Wasserstein-``p`` distance between two equally sized sample sets ``(N, D)`` (see
+    :class:`SlicedWasserstein`)."""
     if a.dim() != 2 or a.shape != b.shape:
         raise ValueError(f"sliced_wasserstein needs two (N, D) sets of equal shape, got {tuple(a.shape)} and {tuple(b.shape)}")
-    gen = torch.Generator().manual_seed(seed)
-    dirs = torch.randn(projections, a.shape[1], generator=gen, dtype=torch.float64)
-    dirs = dirs / dirs.norm(dim=1, keepdim=True)
-    # (projections, N), sorted along contiguous rows (numpy's sort is several times faster than torch's here)
-    pa = np.sort((dirs @ a.detach().to(torch.float64).cpu().T).numpy(), axis=1)
-    pb = np.sort((dirs @ b.detach().to(torch.float64).cpu().T).numpy(), axis=1)
-    return float(np.mean(np.abs(pa - pb) ** p) ** (1.0 / p))
+    return SlicedWasserstein(b, projections, seed, p)(a)
