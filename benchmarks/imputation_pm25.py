@@ -16,10 +16,15 @@ that both see the same machine load:
 
 Sampling cost on a CPU is the bottleneck (100 samples x 50 steps per window), so the
 model-vs-model comparison uses a fixed, evenly spread subset of test windows (stated in the JSON),
-and our fast solver also runs on a larger subset. Interpolation and mean use the whole test set
-and the subsets. Usage::
+and our fast solver also runs on a larger subset (``--large-per-month 0`` skips it). Interpolation
+and mean use the whole test set and the subsets. A last phase imputes all 82 test windows with 100
+samples through the same chunked pipeline (1 solver step) to measure peak memory. Usage::
 
-    python benchmarks/imputation_pm25.py --budget-min 12 [--pypots-path DIR]
+    python benchmarks/imputation_pm25.py --budget-min 12 [--pypots-path DIR] [--work DIR]
+    python benchmarks/imputation_pm25.py --phase report --work DIR     # rebuild the JSON from DIR
+
+``--pypots-path`` adds a folder to PyPOTS' ``sys.path`` (e.g. one holding the ``transformers`` /
+``huggingface-hub`` versions it pins, when the main environment has newer ones).
 """
 from __future__ import annotations
 
@@ -144,6 +149,28 @@ def phase_rss_full(args) -> None:
             "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2}
     (Path(args.work) / "rss_full.json").write_text(json.dumps(info))
     print(f"full test set: {info}", flush=True)
+
+
+def phase_timing(args) -> None:
+    """Speed of the fast solvers vs 50-step ancestral sampling, measured back to back in one process
+    (fast, ancestral, fast) on one window with ``args.samples`` samples, so that all see the same
+    machine load (the subset runs above are sequential and the shared machine's load drifts)."""
+    from sciffusion.domain import load_run
+
+    torch.set_num_threads(args.threads)
+    _, _, stack = test_windows()
+    model = load_run(args.run_dir, device="cpu").model
+    rows = args.compare[:1]
+    runs: dict[str, list[float]] = {}
+    order = [(args.fast_solver, args.fast_steps), ("ddim", 10), ("ddpm", 50), ("ddim", 10), (args.fast_solver, args.fast_steps)]
+    for solver, steps in order:
+        start = time.perf_counter()
+        model.impute(stack["values"][rows], stack["cond_mask"][rows], stack["time"][rows], args.samples, solver, steps,
+                     max_batch=args.max_batch, generator=torch.Generator().manual_seed(0))
+        runs.setdefault(f"{solver}_{steps}", []).append(time.perf_counter() - start)
+        print(f"timing {solver} {steps}: {runs[f'{solver}_{steps}'][-1]:.1f} s", flush=True)
+    info = {"windows": len(rows), "samples": args.samples, "order": [f"{a}_{b}" for a, b in order], "seconds": runs}
+    (Path(args.work) / "timing.json").write_text(json.dumps(info))
 
 
 def phase_pypots(args) -> None:
@@ -271,13 +298,20 @@ def report(args, ours_train: dict) -> dict:
     fast = res[f"ours_{fast_key}"]
     t_anc = ours["ancestral_compare"]["seconds"] / ours["ancestral_compare"]["windows"]
     t_fast = ours[fast_key]["seconds"] / ours[fast_key]["windows"]
+    timing_path = work / "timing.json"
+    timing = json.loads(timing_path.read_text()) if timing_path.is_file() else None
+    if timing is not None:  # back-to-back measurement under the same load wins over the sequential subset runs
+        fast_name = f"{ours[fast_key]['solver']}_{ours[fast_key]['steps']}"
+        speedup = float(np.mean(timing["seconds"]["ddpm_50"]) / np.mean(timing["seconds"][fast_name]))
+    else:
+        speedup = t_anc / t_fast
     coverage_key = "ours_fast_large" if large else f"ours_{fast_key}"
     coverage90 = res[coverage_key]["coverage90"]
     bars = [
         {"name": "mae_ratio_vs_pypots_csdi", "value": anc["mae"] / pypots["mae"], "op": "<", "target": 1.0},
         {"name": "crps_ratio_vs_pypots_csdi", "value": anc["crps"] / pypots["crps"], "op": "<", "target": 1.0},
         {"name": "fast_solver_crps_ratio_vs_ancestral50", "value": fast["crps"] / anc["crps"], "op": "<=", "target": 1.03},
-        {"name": "fast_solver_speedup_vs_ancestral50", "value": t_anc / t_fast, "op": ">=", "target": 5.0},
+        {"name": "fast_solver_speedup_vs_ancestral50", "value": speedup, "op": ">=", "target": 5.0},
         {"name": "coverage90_min", "value": coverage90, "op": ">=", "target": 0.85},
         {"name": "coverage90_max", "value": coverage90, "op": "<=", "target": 0.95},
     ]
@@ -333,6 +367,9 @@ def report(args, ours_train: dict) -> dict:
                 **({"ours_fast_large_seconds_per_window": ours["fast_large"]["seconds"] / ours["fast_large"]["windows"]}
                    if large else {}),
                 "pypots_seconds_per_window": pyp["impute_seconds"] / pyp["windows"],
+                "back_to_back_timing": timing,
+                "speedup_note": "the speedup bar uses back_to_back_timing when present (same load for both solvers); "
+                                "the per-window subset timings above ran one after the other while the machine's load changed",
             },
             "peak_rss_gb_note": "max of the peak resident memory of (a) the process that imputed (chunked, max batch "
                                 f"{args.max_batch} series) the {len(large)}+{len(compare)} subset windows with {args.samples} samples "
@@ -349,7 +386,7 @@ def report(args, ours_train: dict) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--phase", choices=["all", "ours_eval", "pypots", "rss_full", "report"], default="all",
+    parser.add_argument("--phase", choices=["all", "ours_eval", "pypots", "timing", "rss_full", "report"], default="all",
                         help="all: the whole benchmark; report: rebuild the JSON from --work")
     parser.add_argument("--work", default=None, help="scratch folder (default: a new temp folder)")
     parser.add_argument("--budget-min", type=float, default=12.0, help="training wall-clock minutes for each model")
@@ -375,6 +412,8 @@ def main() -> None:
         return phase_pypots(args)
     if args.phase == "rss_full":
         return phase_rss_full(args)
+    if args.phase == "timing":
+        return phase_timing(args)
     if args.phase == "report":
         return write_report(args, json.loads((Path(args.work) / "ours_train.json").read_text()))
     print(f"work folder {args.work}", flush=True)
@@ -385,6 +424,7 @@ def main() -> None:
     ours_eval = spawn(args, "ours_eval")
     wait(ours_eval, "ours_eval")
     wait(pypots, "pypots")
+    wait(spawn(args, "timing"), "timing")
     wait(spawn(args, "rss_full"), "rss_full")
     write_report(args, ours_train)
 
