@@ -44,6 +44,7 @@ def plot_imputation(x: np.ndarray, features: list[str], observed: np.ndarray, me
     axes[0, 0].legend(loc="upper right", fontsize=7, ncol=4)
     if title:
         axes[0, 0].set_title(title, fontsize=9)
+    fig.autofmt_xdate()
     fig.tight_layout()
     handle, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent if str(path.parent) else ".")
     os.close(handle)
