@@ -107,7 +107,8 @@ def test_cfg_scale_one_samples_the_class() -> None:
         out = model.sample(x_init=_noise(n, seed=label), cond=_labels(n, label), solver="dpmpp_2m", steps=25)["x"]
         true = CLASS_MIXTURES[label].sample(n, _gen(10 + label))
         other = CLASS_MIXTURES[1 - label].sample(n, _gen(20 + label))
-        assert sliced_wasserstein(out, true) < 0.05 < 1.0 < sliced_wasserstein(out, other)
+        assert sliced_wasserstein(out, true) < 0.05
+        assert sliced_wasserstein(out, other) > 1.0
 
 
 @pytest.mark.parametrize("scale", [0.0, 3.0])
@@ -240,7 +241,7 @@ def test_gradient_guidance_lowers_its_loss(through_model: bool, solver: str) -> 
     target = torch.tensor([3.0, 2.5], dtype=torch.float64)  # one of the four modes
     loss = _distance_to(target)
     guide = GradientGuidance(loss, scale=0.5, through_model=through_model)
-    kwargs = dict(cond=_labels(n, NULL), solver=solver, steps=20, generator=_gen(5))
+    kwargs = {"cond": _labels(n, NULL), "solver": solver, "steps": 20, "generator": _gen(5)}
     free = model.sample(x_init=_noise(n), **kwargs)["x"]
     guided = model.sample(x_init=_noise(n), gradient_guidance=[guide], **kwargs)["x"]
     free_loss = float(loss({"x": free}, {}, torch.zeros(n)).mean())
@@ -255,7 +256,7 @@ def test_gradient_guidances_compose() -> None:
     n = 400
     target = torch.tensor([-3.0, -1.5], dtype=torch.float64)
     first, second = _distance_to(target, 0), _distance_to(target, 1)
-    kwargs = dict(cond=_labels(n, NULL), solver="ddim", steps=20)
+    kwargs = {"cond": _labels(n, NULL), "solver": "ddim", "steps": 20}
 
     def mean_losses(guides: list[GradientGuidance]) -> tuple[float, float]:
         out = model.sample(x_init=_noise(n), gradient_guidance=guides, **kwargs)["x"]

@@ -53,7 +53,8 @@ def solve(processes: dict[str, GaussianProcess], denoise: DenoiseFn, x: State, g
 
     Args:
         processes: field name -> process.
-        denoise: ``(state, t (B,)) -> {field: Prediction}``.
+        denoise: ``(state, t (B,)) -> {field: Prediction}``; ``t`` is the grid time shared by the batch, an
+            expanded (read-only) view in the state's dtype (float32 for half-precision states).
         x: initial state at ``grid[0]`` (e.g. prior noise), per field ``(B, ...)`` or ragged ``(N, ...)``.
         grid: decreasing times ``(N + 1,)``.
         solver: a name from :data:`sciffusion.registry.SOLVERS`.
