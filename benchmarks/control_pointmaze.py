@@ -56,7 +56,7 @@ def plan_latency(planner, solver: str, steps: int, repeats: int, spec) -> float:
     times = []
     for r in range(repeats):
         t0 = time.perf_counter()
-        planner.plan(start, goal, solver=solver, steps=steps, generator=torch.Generator().manual_seed(r))
+        planner.plan(start, goal, solver=solver, steps=steps, generator=torch.Generator().manual_seed(r), clip_x0=1.0)
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
 
@@ -110,7 +110,8 @@ def main() -> None:
 
         def planner_agent(mode: str, **kw: Any) -> PlannerAgent:
             return PlannerAgent(planner.model, tracking, mode=mode, replan_every=control.replan_every,
-                                solver=kw.pop("solver", sample.solver), steps=kw.pop("steps", sample.steps), seed=args.seed, **kw)
+                                solver=kw.pop("solver", sample.solver), steps=kw.pop("steps", sample.steps), seed=args.seed,
+                                clip_x0=1.0 if cfg.data.normalizer == "limits" else None, **kw)
 
         runs = {
             "a_planner_tracking": planner_agent("open_loop"),

@@ -283,7 +283,8 @@ def _planner_agent(model: TrajectoryPlanner, cfg: Config, solver: str, steps: in
     return PlannerAgent(model, TrackingConfig(control.kp, control.gain, control.max_speed), mode=mode or control.mode,
                         replan_every=replan_every or control.replan_every, solver=solver, steps=steps,
                         value_scale=control.value_scale, forbidden=forbidden if forbidden is not None else control.forbidden,
-                        target_return=control.target_return, guidance_scale=cfg.sample.guidance_scale, seed=seed)
+                        target_return=control.target_return, guidance_scale=cfg.sample.guidance_scale,
+                        clip_x0=1.0 if cfg.data.normalizer == "limits" else None, seed=seed)
 
 
 class ChunkPolicyAgent:

@@ -86,6 +86,7 @@ class PlannerAgent:
         value_scale: value-guidance scale (0 = off).
         forbidden: region to steer plans away from (cost guidance), or None.
         target_return, guidance_scale: Decision-Diffuser conditioning (return-conditioned planners).
+        clip_x0: clamp predicted clean plans (1 for ``limits``-normalised data), or None.
         seed: seeds the sampling noise.
     """
 
@@ -99,6 +100,7 @@ class PlannerAgent:
     forbidden: ForbiddenRegion | None = None
     target_return: float = 0.9
     guidance_scale: float = 1.0
+    clip_x0: float | None = None
     seed: int = 0
     plan_seconds: list[float] = field(default_factory=list)
     first_plans: np.ndarray | None = None
@@ -122,7 +124,7 @@ class PlannerAgent:
         t0 = time.perf_counter()
         plans = self.planner.plan(torch.as_tensor(states, dtype=torch.float32), torch.as_tensor(goal_states, dtype=torch.float32),
                                   solver=self.solver, steps=self.steps, gradient_guidance=self.guides, returns=returns,
-                                  guidance_scale=self.guidance_scale, generator=self.generator)
+                                  guidance_scale=self.guidance_scale, generator=self.generator, clip_x0=self.clip_x0)
         self.plan_seconds.append(time.perf_counter() - t0)
         return plans.cpu().numpy().astype(np.float64)
 

@@ -168,7 +168,7 @@ class TrajectoryPlanner(nn.Module):
     def plan(self, start: Tensor, goal: Tensor | None = None, goal_dims: Sequence[int] | None = None,
              waypoints: Mapping[int, Tensor] | None = None, solver: str = "dpmpp_2m", steps: int = 20,
              gradient_guidance: Sequence[GradientGuidance] = (), returns: Tensor | None = None,
-             guidance_scale: float = 1.0, generator: torch.Generator | None = None) -> Tensor:
+             guidance_scale: float = 1.0, generator: torch.Generator | None = None, clip_x0: float | None = None) -> Tensor:
         """Sample plans ``(B, H, S + A)`` in raw units from ``start`` ``(B, S)`` toward ``goal``.
 
         Args:
@@ -180,6 +180,7 @@ class TrajectoryPlanner(nn.Module):
             gradient_guidance: value / cost guidance terms (see :func:`value_guidance`, :func:`cost_guidance`).
             returns: ``(B, 1)`` target returns in [0, 1] for a return-conditioned (Decision Diffuser) model.
             guidance_scale: classifier-free guidance scale on the returns condition.
+            clip_x0: clamp predicted clean plans to ``[-clip_x0, clip_x0]`` (1 for ``limits``-normalised data).
         """
         b = start.shape[0]
         device = self.norm.shift.device
@@ -201,7 +202,7 @@ class TrajectoryPlanner(nn.Module):
         shape = {self.field: (b, self.spec.horizon, self.spec.transition_dim)}
         out = self.diffusion.sample(shape, cond=cond, solver=solver, steps=steps, gradient_guidance=gradient_guidance,
                                     constraints=[inpaint], guidance_scale=guidance_scale if self.returns_condition else 1.0,
-                                    generator=generator)
+                                    generator=generator, clip_x0=clip_x0)
         return self.unnormalize(out[self.field])
 
     @torch.no_grad()
