@@ -28,17 +28,23 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import bar, write_results  # noqa: E402
+from _common import bar, write_results
+from sciffusion.domains.control.config import ForbiddenRegion
+from sciffusion.domains.control.controllers import TrackingConfig
+from sciffusion.domains.control.datasets import load_or_generate_maze_dataset
+from sciffusion.domains.control.evaluation import (
+    BCAgent,
+    ExpertAgent,
+    PlannerAgent,
+    run_maze_episodes,
+    summarize,
+)
+from sciffusion.domains.control.maze import get_maze
+from sciffusion.domains.control.plots import plot_maze_paths
 
-from sciffusion.config import load_config  # noqa: E402
-from sciffusion.domain import load_run  # noqa: E402
-from sciffusion.domains.control.config import ForbiddenRegion  # noqa: E402
-from sciffusion.domains.control.controllers import TrackingConfig  # noqa: E402
-from sciffusion.domains.control.datasets import load_or_generate_maze_dataset  # noqa: E402
-from sciffusion.domains.control.evaluation import BCAgent, ExpertAgent, PlannerAgent, run_maze_episodes, summarize  # noqa: E402
-from sciffusion.domains.control.maze import get_maze  # noqa: E402
-from sciffusion.domains.control.plots import plot_maze_paths  # noqa: E402
-from sciffusion.train.trainer import train  # noqa: E402
+from sciffusion.config import load_config
+from sciffusion.domain import load_run
+from sciffusion.train.trainer import train
 
 ROOT = Path(__file__).resolve().parents[1]
 DIFFUSER = {"umaze": 113.9, "medium": 121.5, "large": 123.0}  # Janner et al. 2022, Table 1 (D4RL maze2d)
@@ -108,7 +114,8 @@ def main() -> None:
         row: dict[str, Any] = {"data": data_info, "planner_training": planner_train, "bc_training": bc_train,
                                "solver": sample.solver, "solver_steps": sample.steps, "replan_every": control.replan_every}
 
-        def planner_agent(mode: str, **kw: Any) -> PlannerAgent:
+        def planner_agent(mode: str, planner=planner, tracking=tracking, control=control, sample=sample, cfg=cfg,
+                          **kw: Any) -> PlannerAgent:
             return PlannerAgent(planner.model, tracking, mode=mode, replan_every=control.replan_every,
                                 solver=kw.pop("solver", sample.solver), steps=kw.pop("steps", sample.steps), seed=args.seed,
                                 clip_x0=1.0 if cfg.data.normalizer == "limits" else None, **kw)

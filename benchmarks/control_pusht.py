@@ -22,18 +22,17 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import bar, write_results  # noqa: E402
+from _common import bar, write_results
+from sciffusion.domains.control.datasets import load_pusht
+from sciffusion.domains.control.domain import chunk_latency, evaluate_run
+from sciffusion.domains.control.plots import write_gif
+from sciffusion.domains.control.pusht import pusht_features
 
-from sciffusion.domain import load_run  # noqa: E402
-from sciffusion.domains.control.datasets import load_pusht  # noqa: E402
-from sciffusion.domains.control.domain import chunk_latency, evaluate_run  # noqa: E402
-from sciffusion.domains.control.plots import write_gif  # noqa: E402
-from sciffusion.domains.control.pusht import pusht_features  # noqa: E402
-from sciffusion.train.checkpoint import find_checkpoint, load_meta  # noqa: E402
+from sciffusion.domain import load_run
+from sciffusion.train.checkpoint import find_checkpoint, load_meta
 
 ROOT = Path(__file__).resolve().parents[1]
 ANCHORS = {"diffusion_policy_cnn_state_max_coverage": 0.95, "diffusion_policy_cnn_state_avg_coverage": 0.91,
@@ -49,7 +48,7 @@ def train_with_budget(config: Path, run_dir: Path, budget_s: int, overrides: lis
         cmd.append("--resume")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, env=env, cwd=ROOT)
+    proc = subprocess.run(cmd, env=env, cwd=ROOT, check=False)
     return {"command": " ".join(cmd[2:]), "exit_code": proc.returncode, "wall_seconds": round(time.perf_counter() - t0, 1),
             "stopped_by_budget": proc.returncode == 124}
 

@@ -5,13 +5,25 @@ import json
 
 import numpy as np
 import pytest
+from sciffusion.domains.control.datasets import (
+    generate_maze_dataset,
+    load_maze_dataset,
+    load_pusht,
+    save_maze_dataset,
+)
+from sciffusion.domains.control.evaluation import (
+    ExpertAgent,
+    run_maze_episodes,
+    summarize,
+)
+from sciffusion.domains.control.maze import MAZES, ControlConfigError, get_maze
+from sciffusion.domains.control.pusht import (
+    make_pusht_env,
+    pusht_features,
+    pusht_keypoints,
+)
 
 from sciffusion.config import ConfigError, config_from_dict
-from sciffusion.domains.control.datasets import generate_maze_dataset, load_maze_dataset, load_pusht, save_maze_dataset
-from sciffusion.domains.control.evaluation import ExpertAgent, run_maze_episodes, summarize
-from sciffusion.domains.control.maze import MAZES, ControlConfigError, get_maze
-from sciffusion.domains.control.pusht import make_pusht_env, pusht_features, pusht_keypoints
-
 
 # far start cells for each maze: the expert must cross the whole maze to the D4RL goal cell
 FAR_STARTS = {"pointmaze-umaze": [[3, 1], [3, 3]], "pointmaze-medium": [[1, 1], [1, 6]], "pointmaze-large": [[1, 1], [5, 4]]}

@@ -7,14 +7,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from sciffusion.domains.control.config import ForbiddenRegion
+from sciffusion.domains.control.domain import evaluate_run
+from sciffusion.domains.control.evaluation import forbidden_cost
+from sciffusion.domains.control.maze import ControlConfigError
 
 from sciffusion.cli import main as cli_main
 from sciffusion.config import config_from_dict
 from sciffusion.domain import get_domain, load_run
-from sciffusion.domains.control.config import ForbiddenRegion
-from sciffusion.domains.control.evaluation import forbidden_cost
-from sciffusion.domains.control.maze import ControlConfigError
-from sciffusion.domains.control.domain import evaluate_run
 from sciffusion.model import DiffusionModel
 from sciffusion.processes import VPProcess
 from sciffusion.reps.trajectory import TrajectorySpec
@@ -141,6 +141,9 @@ def test_plan_command_end_to_end_and_deterministic(planner_run: Path, tmp_path: 
     metrics = json.loads((out / "plan_metrics.json").read_text())
     assert metrics["episodes"] == 2 and 0.0 <= metrics["success_rate"] <= 1.0 and metrics["plan_calls"] == 1
     assert (out / "paths.png").stat().st_size > 0 and gif.stat().st_size > 0
+    assert cli_main(["evaluate", str(planner_run)]) == 0  # control.episodes = 2
+    assert json.loads((planner_run / "metrics.json").read_text())["episodes"] == 2
+    assert (planner_run / "eval" / "paths.png").stat().st_size > 0
     run = load_run(planner_run)
     m1, r1 = evaluate_run(run.model, run.config, episodes=2, seed=11)
     m2, r2 = evaluate_run(run.model, run.config, episodes=2, seed=11)

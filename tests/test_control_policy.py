@@ -1,16 +1,18 @@
 """Diffusion Policy: To/Tp/Ta indexing (as the README diagram), training through the Trainer, closed loop."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from sciffusion.domains.control.domain import ChunkWindows
+from sciffusion.domains.control.pusht import evaluate_pusht, pusht_features
 
+from sciffusion.cli import main as cli_main
 from sciffusion.config import config_from_dict
 from sciffusion.domain import get_domain, load_run
-from sciffusion.domains.control.domain import ChunkWindows, evaluate_run
-from sciffusion.domains.control.pusht import evaluate_pusht, pusht_features
 from sciffusion.reps.trajectory import IdentityNormalizer, TrajectoryError
 from sciffusion.tasks.plan import ChunkedActor, DiffusionPolicy, MLPPolicy
 from sciffusion.train.trainer import train
@@ -101,6 +103,7 @@ def _policy_config(tmp_path: Path, data_path: Path, kind: str = "policy") -> dic
         "loss": {"cond_drop_prob": 0.0},
         "trainer": {"max_steps": 20, "batch_size": 16, "lr": 1e-3, "ema_decay": 0.9, "checkpoint_every": 0, "progress": False},
         "sample": {"solver": "ddim", "steps": 4},
+        "control": {"episodes": 1, "seed": 0},
     }
     if kind == "policy":
         cfg["net"] = {"name": "temporal_unet1d", "dim": 8, "dim_mults": [1, 2]}
@@ -157,11 +160,12 @@ def test_policy_data_dimension_mismatch_is_a_clear_error(tmp_path: Path) -> None
         get_domain("control").setup(cfg)
 
 
-def test_evaluate_run_reports_pusht_metrics_keys(tmp_path: Path) -> None:
+def test_evaluate_command_reports_pusht_metrics_and_a_frame_strip(tmp_path: Path) -> None:
     data = _synthetic_pusht(tmp_path / "demos.npz")
     cfg = config_from_dict(_policy_config(tmp_path, data, "bc"))
     train(cfg)
-    run = load_run(cfg.run_dir)
-    metrics, res = evaluate_run(run.model, run.config, episodes=1, seed=0)
-    assert set(("mean_max_coverage", "success_rate", "wall_seconds")) <= set(metrics)
-    assert 0.0 <= metrics["mean_max_coverage"] <= 1.0 and res["steps"][0] <= 300
+    assert cli_main(["evaluate", str(cfg.run_dir)]) == 0
+    metrics = json.loads((Path(cfg.run_dir) / "metrics.json").read_text())
+    assert {"mean_max_coverage", "success_rate", "wall_seconds"} <= set(metrics) and metrics["episodes"] == 1
+    assert 0.0 <= metrics["mean_max_coverage"] <= 1.0
+    assert (Path(cfg.run_dir) / "eval" / "episode0_strip.png").stat().st_size > 0

@@ -20,7 +20,14 @@ from typing import Any
 import numpy as np
 
 from .expert import ExpertConfig, WaypointExpert
-from .maze import GOAL_RADIUS, ControlConfigError, MazeSpec, get_maze, make_pointmaze_env, set_goal
+from .maze import (
+    GOAL_RADIUS,
+    ControlConfigError,
+    MazeSpec,
+    get_maze,
+    make_pointmaze_env,
+    set_goal,
+)
 
 MAZE_ARRAYS = ("observations", "actions", "goals", "rewards")
 
@@ -49,7 +56,7 @@ class MazeDataset:
 
     @property
     def n_steps(self) -> int:
-        return int(len(self.observations))
+        return len(self.observations)
 
 
 def generate_maze_dataset(env_name: str, n_steps: int, seed: int = 0, expert: ExpertConfig | None = None,

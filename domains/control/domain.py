@@ -17,7 +17,7 @@ import dataclasses
 import json
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -26,18 +26,34 @@ from torch import nn
 from sciffusion.config import Config
 from sciffusion.domain import Domain, DomainError, Run, TrainSetup
 from sciffusion.model import diffusion_model_from_config
-from sciffusion.registry import DOMAINS
-from sciffusion.reps.trajectory import EpisodeWindows, Normalizer, TrajectorySpec, fit_normalizer
-from sciffusion.tasks.plan import ChunkedActor, DiffusionPolicy, InverseDynamics, MLPPolicy, TrajectoryPlanner
 from sciffusion.nets.value_net import TemporalValueNet
+from sciffusion.registry import DOMAINS
+from sciffusion.reps.trajectory import (
+    EpisodeWindows,
+    Normalizer,
+    TrajectorySpec,
+    fit_normalizer,
+)
+from sciffusion.tasks.plan import (
+    ChunkedActor,
+    DiffusionPolicy,
+    InverseDynamics,
+    MLPPolicy,
+    TrajectoryPlanner,
+)
 from sciffusion.train.checkpoint import write_json_atomic
 
 from .config import ControlData, ControlEval, ForbiddenRegion, TaskConfig
 from .controllers import TrackingConfig
-from .datasets import MazeDataset, load_maze_dataset, load_or_generate_maze_dataset, load_pusht
+from .datasets import (
+    MazeDataset,
+    load_maze_dataset,
+    load_or_generate_maze_dataset,
+    load_pusht,
+)
 from .evaluation import BCAgent, PlannerAgent, run_maze_episodes, summarize
-from .maze import MAZES, ControlConfigError, MazeSpec, get_maze
-from .plots import maze_rollout_gif, plot_maze_paths, write_gif
+from .maze import MAZES, ControlConfigError, get_maze
+from .plots import frame_strip, maze_rollout_gif, plot_maze_paths, write_gif
 from .pusht import evaluate_pusht, pusht_features, pusht_obs_dim
 
 MAZE_STATE_DIM, MAZE_ACTION_DIM, MAZE_GOAL_DIM = 4, 2, 2
@@ -163,7 +179,7 @@ def trajectory_spec(cfg: Config) -> TrajectorySpec:
 class ControlDomain(Domain):
     name = "control"
     data_config = ControlData
-    extra_sections = {"task": TaskConfig, "control": ControlEval}
+    extra_sections: ClassVar[dict[str, type]] = {"task": TaskConfig, "control": ControlEval}
 
     # -- models -------------------------------------------------------------------------------
     def build_model(self, cfg: Config) -> nn.Module:
@@ -230,8 +246,17 @@ class ControlDomain(Domain):
         control: ControlEval = run.config.section("control")
         episodes = getattr(args, "episodes", None) or control.episodes
         seed = getattr(args, "seed", None)
-        metrics, _ = evaluate_run(run.model, run.config, episodes=episodes, seed=control.seed if seed is None else seed,
-                                  solver=getattr(args, "solver", None), steps=getattr(args, "steps", None))
+        pusht = run.config.data.env == "pusht"
+        metrics, res = evaluate_run(run.model, run.config, episodes=episodes, seed=control.seed if seed is None else seed,
+                                    solver=getattr(args, "solver", None), steps=getattr(args, "steps", None),
+                                    frames_for=0 if pusht else None)
+        out = run.run_dir / "eval"
+        if pusht:
+            metrics["strip"] = str(frame_strip(res["frames"], out / "episode0_strip.png"))
+        else:
+            maze = get_maze(run.config.data.env)
+            metrics["paths_plot"] = str(plot_maze_paths(maze, res["paths"], res.get("plans"), res["goals"], out / "paths.png",
+                                                        res["success"], control.forbidden))
         metrics["step"] = run.step
         return metrics
 
@@ -245,6 +270,8 @@ class ControlDomain(Domain):
         from .evaluation import reset_episodes
 
         envs, states, goals = reset_episodes(maze, sc.n, sc.seed)
+        for env in envs:
+            env.close()
         agent = _planner_agent(run.model, run.config, sc.solver, sc.steps, sc.seed)
         agent.goals = goals
         plans = agent._plan(states)

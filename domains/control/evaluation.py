@@ -8,13 +8,19 @@ success (the goal was reached at least once), D4RL normalized score.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol, Sequence
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 
-from sciffusion.tasks.plan import MLPPolicy, TrajectoryPlanner, cost_guidance, value_guidance
+from sciffusion.tasks.plan import (
+    MLPPolicy,
+    TrajectoryPlanner,
+    cost_guidance,
+    value_guidance,
+)
 
 from .config import ForbiddenRegion
 from .controllers import TrackingConfig, TrackingController
@@ -199,7 +205,7 @@ def run_maze_episodes(spec: MazeSpec, agent: MazeAgent, episodes: int = 50, seed
 def summarize(result: dict[str, Any]) -> dict[str, float]:
     """Means of the per-episode metrics (JSON-ready)."""
     out = {
-        "episodes": int(len(result["returns"])),
+        "episodes": len(result["returns"]),
         "success_rate": float(np.mean(result["success"])),
         "mean_return": float(np.mean(result["returns"])),
         "normalized_score": float(np.mean(result["normalized_score"])),

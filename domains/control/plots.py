@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -117,4 +117,25 @@ def write_gif(frames: Sequence[np.ndarray], out: str | Path, fps: int = 10) -> P
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+    return out
+
+
+def frame_strip(frames: Sequence[np.ndarray], out: str | Path, panels: int = 8, size: int = 160) -> Path:
+    """A PNG strip of ``panels`` evenly spaced frames (e.g. one Push-T episode), each ``size`` pixels wide."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if not frames:
+        raise ValueError("no frames to draw")
+    idx = np.linspace(0, len(frames) - 1, min(panels, len(frames))).round().astype(int)
+    fig, axes = plt.subplots(1, len(idx), figsize=(size / 80 * len(idx), size / 80), squeeze=False)
+    for ax, i in zip(axes[0], idx):
+        ax.imshow(frames[i])
+        ax.set_title(f"step {i}", fontsize=7)
+        ax.axis("off")
+    out = Path(out)
+    _save(fig, out)
+    plt.close(fig)
     return out

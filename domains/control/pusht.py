@@ -13,7 +13,8 @@ its maximum coverage of the goal zone; success means coverage > 0.95 (the env th
 from __future__ import annotations
 
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 

@@ -7,8 +7,8 @@ conditioning token (diffusion time plus the optional global condition, see
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import torch
 from torch import Tensor, nn

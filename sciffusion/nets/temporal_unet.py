@@ -13,8 +13,8 @@ condition name, so dropping the return keeps the start and goal).
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import torch
 from torch import Tensor, nn

@@ -5,8 +5,8 @@ trajectory behind a noisy one, so its gradient can steer sampling at every noise
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import torch
 from torch import Tensor, nn

@@ -17,8 +17,9 @@ Pieces:
 """
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -74,7 +75,7 @@ class IdentityNormalizer(Normalizer):
     kind = "identity"
 
     @classmethod
-    def fit(cls, data: np.ndarray) -> "IdentityNormalizer":
+    def fit(cls, data: np.ndarray) -> IdentityNormalizer:
         d = np.asarray(data).shape[-1]
         return cls(np.zeros(d), np.ones(d))
 
@@ -85,7 +86,7 @@ class LimitsNormalizer(Normalizer):
     kind = "limits"
 
     @classmethod
-    def fit(cls, data: np.ndarray, eps: float = 1e-6) -> "LimitsNormalizer":
+    def fit(cls, data: np.ndarray, eps: float = 1e-6) -> LimitsNormalizer:
         flat = np.asarray(data, dtype=np.float64).reshape(-1, np.asarray(data).shape[-1])
         lo, hi = flat.min(axis=0), flat.max(axis=0)
         half = (hi - lo) / 2.0
@@ -98,7 +99,7 @@ class GaussianNormalizer(Normalizer):
     kind = "gaussian"
 
     @classmethod
-    def fit(cls, data: np.ndarray, eps: float = 1e-6) -> "GaussianNormalizer":
+    def fit(cls, data: np.ndarray, eps: float = 1e-6) -> GaussianNormalizer:
         flat = np.asarray(data, dtype=np.float64).reshape(-1, np.asarray(data).shape[-1])
         std = flat.std(axis=0)
         return cls(flat.mean(axis=0), np.where(std > eps, std, 1.0))

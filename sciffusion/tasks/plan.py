@@ -24,7 +24,7 @@ Each model keeps its normalisers as buffers, so a checkpoint holds everything ne
 from __future__ import annotations
 
 from collections import deque
-from typing import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -32,7 +32,12 @@ from torch import Tensor, nn
 
 from sciffusion.guidance import GradientGuidance, Inpaint
 from sciffusion.model import DiffusionModel
-from sciffusion.reps.trajectory import Normalizer, TrajectoryError, TrajectorySpec, inpaint_states
+from sciffusion.reps.trajectory import (
+    Normalizer,
+    TrajectoryError,
+    TrajectorySpec,
+    inpaint_states,
+)
 from sciffusion.rng import StepRandom
 
 __all__ = ["ChunkedActor", "DiffusionPolicy", "InverseDynamics", "MLPPolicy", "TrajectoryPlanner", "cost_guidance", "value_guidance"]
