@@ -102,7 +102,7 @@ def main() -> None:
         evals[f"{solver}_{steps}"] = {k: v for k, v in metrics.items() if k not in ("env", "task")}
         evals[f"{solver}_{steps}"]["per_episode_max_coverage"] = [round(float(c), 4) for c in res["max_coverage"]]
         if res["frames"]:
-            write_gif(res["frames"][::2], args.gif, fps=10)
+            write_gif(res["frames"], args.gif, fps=10)
         print(solver, steps, {k: v for k, v in metrics.items() if k != "per_episode_max_coverage"}, flush=True)
     task = cfg.section("task")
     demo = load_pusht(cfg.data.path)

@@ -65,17 +65,21 @@ def make_pusht_env() -> Any:
 
 
 def evaluate_pusht(act_fn: Callable[[np.ndarray], np.ndarray], episodes: int = 50, seed: int = 0,
-                   max_steps: int = PUSHT_MAX_STEPS, frames_for: int | None = None) -> dict[str, Any]:
+                   max_steps: int = PUSHT_MAX_STEPS, frames_for: int | None = None, frame_every: int = 3,
+                   frame_size: int = 256) -> dict[str, Any]:
     """Run ``episodes`` Push-T episodes in lockstep (env ``i`` reset with seed ``seed + i``).
 
     Args:
         act_fn: ``states (B, 5) -> actions (B, 2)``, called once per step with every env's latest state
             (finished envs keep their last state and ignore their action).
         frames_for: episode index whose rendered frames to return (for a GIF), or None.
+        frame_every, frame_size: keep every ``frame_every``-th frame, resized to ``frame_size`` pixels.
 
     Returns:
         ``{"max_coverage": (B,), "success": (B,), "steps": (B,), "frames": [...], "seconds": float}``.
     """
+    import cv2
+
     envs = [make_pusht_env() for _ in range(episodes)]
     states = np.stack([env.reset(seed=seed + i)[0] for i, env in enumerate(envs)])
     done = np.zeros(episodes, bool)
@@ -83,9 +87,9 @@ def evaluate_pusht(act_fn: Callable[[np.ndarray], np.ndarray], episodes: int = 5
     steps = np.zeros(episodes, np.int64)
     frames: list[np.ndarray] = []
     t0 = time.perf_counter()
-    for _ in range(max_steps):
-        if frames_for is not None and not done[frames_for]:
-            frames.append(envs[frames_for].render())
+    for k in range(max_steps):
+        if frames_for is not None and not done[frames_for] and k % frame_every == 0:
+            frames.append(cv2.resize(envs[frames_for].render(), (frame_size, frame_size), interpolation=cv2.INTER_AREA))
         actions = np.asarray(act_fn(states), dtype=np.float64)
         for i, env in enumerate(envs):
             if done[i]:
