@@ -378,6 +378,7 @@ def report(args, ours_train: dict) -> dict:
             "ours_eval_peak_rss_gb": ours["peak_rss_gb"],
             "ours_eval_note": ours.get("note"),
             "full_test_set_rss_run": rss_full,
+            "earlier_full_test_set_rss_runs": [json.loads(p.read_text()) for p in sorted(work.glob("rss_full_*.json"))],
         },
         "anchors": ANCHORS,
         "bars": bars,
@@ -396,7 +397,7 @@ def main() -> None:
     parser.add_argument("--fast-steps", type=int, default=8)
     parser.add_argument("--compare-per-month", type=int, default=1)
     parser.add_argument("--large-per-month", type=int, default=3)
-    parser.add_argument("--max-batch", type=int, default=1600)
+    parser.add_argument("--max-batch", type=int, default=400, help="series per network batch (bounds peak memory)")
     parser.add_argument("--pypots-chunk", type=int, default=160, help="windows per one-epoch PyPOTS fit call (10 steps)")
     parser.add_argument("--pypots-path", default=None, help="extra sys.path entry for PyPOTS' own dependencies")
     parser.add_argument("--run-dir", default=None)
