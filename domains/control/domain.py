@@ -196,7 +196,8 @@ class ControlDomain(Domain):
             net = cfg.net.build(**_net_kwargs(cfg, transition_dim=act_dim, horizon=task.pred_horizon,
                                               cond_dims={"obs": task.obs_horizon * obs_dim}, field="action"))
             diffusion = diffusion_model_from_config(net, {"action": cfg.process.build()}, cfg.loss)
-            return DiffusionPolicy(diffusion, obs_dim, act_dim, task.obs_horizon, task.pred_horizon, task.action_horizon)
+            return DiffusionPolicy(diffusion, obs_dim, act_dim, task.obs_horizon, task.pred_horizon, task.action_horizon,
+                                   clip_x0=1.0 if cfg.data.normalizer == "limits" else None)
         if env not in MAZES:
             raise ControlConfigError(f"task.kind 'planner' supports the PointMaze environments, not '{env}'")
         spec = trajectory_spec(cfg)

@@ -250,18 +250,20 @@ class DiffusionPolicy(nn.Module):
         diffusion: model over the field ``"action"``; its net takes ``cond["obs"]`` (FiLM).
         obs_dim, action_dim: O and A.
         obs_horizon, pred_horizon, action_horizon: To, Tp, Ta (``To - 1 + Ta <= Tp``).
+        clip_x0: clamp predicted clean (normalised) chunks while sampling, e.g. 1 for ``limits`` data.
 
     Batch: ``{"fields": {"action": (B, Tp, A)}, "cond": {"obs": (B, To, O)}}``, normalised.
     """
 
     def __init__(self, diffusion: DiffusionModel, obs_dim: int, action_dim: int, obs_horizon: int = 2,
-                 pred_horizon: int = 16, action_horizon: int = 8) -> None:
+                 pred_horizon: int = 16, action_horizon: int = 8, clip_x0: float | None = None) -> None:
         super().__init__()
         if not (obs_horizon >= 1 and action_horizon >= 1 and obs_horizon - 1 + action_horizon <= pred_horizon):
             raise TrajectoryError(f"need To >= 1, Ta >= 1 and To - 1 + Ta <= Tp; got To={obs_horizon} Tp={pred_horizon} Ta={action_horizon}")
         self.diffusion = diffusion
         self.obs_dim, self.action_dim = obs_dim, action_dim
         self.obs_horizon, self.pred_horizon, self.action_horizon = obs_horizon, pred_horizon, action_horizon
+        self.clip_x0 = clip_x0
         self.obs_norm = _AffineBuffers(obs_dim)
         self.action_norm = _AffineBuffers(action_dim)
 
@@ -275,13 +277,18 @@ class DiffusionPolicy(nn.Module):
     @torch.no_grad()
     def predict_chunk(self, obs_history: Tensor, solver: str = "ddim", steps: int = 10,
                       generator: torch.Generator | None = None) -> Tensor:
-        """Raw observations ``(B, To, O)`` -> the whole raw action chunk ``(B, Tp, A)``."""
+        """Raw observations ``(B, To, O)`` -> the whole raw action chunk ``(B, Tp, A)``.
+
+        Predicted clean chunks are clamped to ``[-clip_x0, clip_x0]`` at every step when ``clip_x0``
+        is set (Diffusion Policy's ``clip_sample`` for actions normalised to [-1, 1]).
+        """
         if obs_history.shape[1:] != (self.obs_horizon, self.obs_dim):
             raise TrajectoryError(f"observation history must be (B, {self.obs_horizon}, {self.obs_dim}), got {tuple(obs_history.shape)}")
         device = self.obs_norm.shift.device
         obs = self.obs_norm.normalize(obs_history.to(device=device, dtype=torch.float32))
         shape = {"action": (obs.shape[0], self.pred_horizon, self.action_dim)}
-        out = self.diffusion.sample(shape, cond={"obs": obs}, solver=solver, steps=steps, generator=generator)
+        out = self.diffusion.sample(shape, cond={"obs": obs}, solver=solver, steps=steps, generator=generator,
+                                    clip_x0=self.clip_x0)
         return self.action_norm.unnormalize(out["action"])
 
     @torch.no_grad()
