@@ -80,6 +80,9 @@ def test_diffusion_policy_act_is_the_executed_slice_of_the_chunk() -> None:
     acts = policy.act(hist, "ddim", 5, torch.Generator().manual_seed(0))
     assert chunk.shape == (4, TP, 2) and acts.shape == (4, TA, 2)
     torch.testing.assert_close(acts, chunk[:, 1:9])
+    # with clip_x0 = 1 (limits-normalised actions) chunks stay inside the normalised box, even untrained
+    clipped = DiffusionPolicy(policy.diffusion, 3, 2, TO, TP, TA, clip_x0=1.0)
+    assert clipped.predict_chunk(hist, "ddim", 5).abs().max() <= 1.0 + 1e-5
     with pytest.raises(TrajectoryError, match="To - 1 \\+ Ta <= Tp"):
         DiffusionPolicy(policy.diffusion, 3, 2, obs_horizon=4, pred_horizon=8, action_horizon=8)
 
