@@ -50,8 +50,9 @@ ROOT = Path(__file__).resolve().parents[1]
 DIFFUSER = {"umaze": 113.9, "medium": 121.5, "large": 123.0}  # Janner et al. 2022, Table 1 (D4RL maze2d)
 REWARD = "sparse: 1 for every step that ends with the ball within 0.45 m of the goal, else 0 (gymnasium-robotics)"
 FORMULA = "normalized_score = 100 * (return - ref_min) / (ref_max - ref_min), D4RL reference returns"
-# U-Maze forbidden region: right side of the vertical corridor, cell (2, 3) (centre x = 1.0, y = 0.0)
-REGION = ForbiddenRegion(center=[1.15, 0.0], radius=0.25, margin=0.12, scale=2.0)
+# U-Maze forbidden region: the inner (left) half of the vertical corridor, cell (2, 3) (centre x = 1.0,
+# y = 0.0), where unguided plans hug the wall corner; the right half (x in [1.0, 1.5]) stays free
+REGION = ForbiddenRegion(center=[0.75, 0.0], radius=0.25, margin=0.15, scale=500.0)
 REGION_STARTS = [[3, 1], [3, 2]]  # bottom row: every path to the goal (1, 1) passes the corridor
 
 

@@ -67,13 +67,22 @@ class BCAgent:
         return np.clip(self.policy.act(obs).cpu().numpy(), -1.0, 1.0)
 
 
-def forbidden_cost(region: ForbiddenRegion) -> Callable[[torch.Tensor], torch.Tensor]:
-    """``states (B, H, S) -> (B,)``: squared intrusion into the disc enlarged by the margin."""
+def forbidden_cost(region: ForbiddenRegion, per_segment: int = 8) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``states (B, H, S) -> (B,)``: squared intrusion into the disc enlarged by the margin.
+
+    The path between plan tokens is what the tracking controller executes, so the cost is taken on the
+    straight segments between consecutive tokens, each sampled at ``per_segment`` points.
+    """
     center = torch.tensor(region.center, dtype=torch.float32)
     reach = region.radius + region.margin
+    frac = torch.linspace(0.0, 1.0, per_segment + 1)[:-1]
 
     def cost(states: torch.Tensor) -> torch.Tensor:
-        d = torch.linalg.vector_norm(states[..., :2] - center.to(states), dim=-1)
+        p = states[..., :2]
+        a, b = p[:, :-1, None, :], p[:, 1:, None, :]
+        f = frac.to(p)[None, None, :, None]
+        dense = torch.cat([(a + f * (b - a)).flatten(1, 2), p[:, -1:]], dim=1)  # (B, (H-1)*k + 1, 2)
+        d = torch.linalg.vector_norm(dense - center.to(p), dim=-1)
         return (torch.relu(reach - d) ** 2).sum(dim=-1)
 
     return cost
