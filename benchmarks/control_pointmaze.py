@@ -56,16 +56,17 @@ REGION = ForbiddenRegion(center=[0.75, 0.0], radius=0.25, margin=0.15, scale=500
 REGION_STARTS = [[3, 1], [3, 2]]  # bottom row: every path to the goal (1, 1) passes the corridor
 
 
-def plan_latency(planner, solver: str, steps: int, repeats: int, spec) -> float:
-    """Median seconds of one plan (batch 1) from a fixed start to the maze's goal."""
+def plan_latencies(planner, configs: list[tuple[str, int]], repeats: int, spec) -> list[float]:
+    """Median seconds of one plan (batch 1, fixed start -> the maze's goal) per (solver, steps), interleaved."""
     start = torch.tensor([[*spec.cell_to_xy(spec.free_cells[-1]), 0.0, 0.0]], dtype=torch.float32)
     goal = torch.tensor([[*spec.cell_to_xy(spec.goal_cell), 0.0, 0.0]], dtype=torch.float32)
-    times = []
+    times: list[list[float]] = [[] for _ in configs]
     for r in range(repeats):
-        t0 = time.perf_counter()
-        planner.plan(start, goal, solver=solver, steps=steps, generator=torch.Generator().manual_seed(r), clip_x0=1.0)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+        for i, (solver, steps) in enumerate(configs):
+            t0 = time.perf_counter()
+            planner.plan(start, goal, solver=solver, steps=steps, generator=torch.Generator().manual_seed(r), clip_x0=1.0)
+            times[i].append(time.perf_counter() - t0)
+    return [statistics.median(t) for t in times]
 
 
 def train_run(config: Path, overrides: list[str], run_dir: Path) -> dict[str, Any]:
@@ -142,8 +143,7 @@ def main() -> None:
 
         if maze == "umaze":
             # latency: DDPM with all 256 training steps vs ours (<= 20 NFE), same model, same run, interleaved
-            lat_ddpm = plan_latency(planner.model, "ddpm", 256, 5, spec)
-            lat_ours = plan_latency(planner.model, sample.solver, sample.steps, 5, spec)
+            lat_ddpm, lat_ours = plan_latencies(planner.model, [("ddpm", 256), (sample.solver, sample.steps)], 7, spec)
             ddpm_res = summarize(run_maze_episodes(spec, planner_agent("open_loop", solver="ddpm", steps=256), args.episodes, args.seed))
             row["latency"] = {"ddpm256_seconds": lat_ddpm, "ours_seconds": lat_ours, "ours_solver": sample.solver,
                               "ours_nfe": sample.steps, "speedup": lat_ddpm / lat_ours,
