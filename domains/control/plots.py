@@ -33,6 +33,7 @@ def _save(fig, path: Path) -> None:
     os.close(fd)
     try:
         fig.savefig(tmp, dpi=110, bbox_inches="tight")
+        os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -113,6 +114,7 @@ def write_gif(frames: Sequence[np.ndarray], out: str | Path, fps: int = 10) -> P
     os.close(fd)
     try:
         imageio.mimsave(tmp, [np.asarray(f, dtype=np.uint8) for f in frames], duration=1.0 / fps, loop=0)
+        os.chmod(tmp, 0o644)
         os.replace(tmp, out)
     finally:
         if os.path.exists(tmp):
