@@ -6,9 +6,11 @@ cd "$(dirname "$0")/.."
 extras="${1:-}"
 python3 -m venv .venv
 . .venv/bin/activate
-python -m pip install -q --upgrade pip 2>&1 | grep -v '^WARNING: Location' || true
-python -c "import torch" 2>/dev/null || python -m pip install -q "torch==2.13.0" 2>&1 | grep -v '^WARNING: Location' || true
+# pip's exit status decides (pipefail); the grep only hides pip's location warnings.
+quiet_pip() { python -m pip install -q "$@" 2>&1 | { grep -v '^WARNING: Location' || true; }; }
+quiet_pip --upgrade pip
+python -c "import torch" 2>/dev/null || quiet_pip "torch==2.13.0"
 spec="."
 [ -n "$extras" ] && spec=".[${extras}]"
-python -m pip install -q -e "$spec" 2>&1 | grep -v '^WARNING: Location' || true
+quiet_pip -e "$spec"
 python -c "import sciffusion, torch; print(f'sciffusion ready (torch {torch.__version__})')"
