@@ -40,7 +40,7 @@ from diffusers import (  # noqa: E402
 from sciffusion.model import DiffusionModel  # noqa: E402
 from sciffusion.processes import EDMProcess, FlowProcess, GaussianProcess, VPProcess  # noqa: E402
 from sciffusion.sampling import nfe, solve, steps_for_nfe  # noqa: E402
-from sciffusion.sampling.exact import GaussianMixture, SlicedWasserstein, reference_mixture  # noqa: E402
+from sciffusion.sampling.exact import GaussianMixture, SlicedW1ToMixture, reference_mixture  # noqa: E402
 
 NAME = "solvers_exact_score"
 NFE_BUDGETS = (5, 10, 20, 50, 100, 1000)
@@ -61,19 +61,23 @@ class OurConfig:
     process: str
     grid: str
     shift: float = 1.0
+    rho: float = 7.0
 
     def make_process(self) -> GaussianProcess:
         return FlowProcess(shift=self.shift) if self.process == "flow" else PROCESSES[self.process]()
 
+    def time_grid(self, steps: int) -> Tensor:
+        return self.make_process().time_grid(steps, self.grid, rho=self.rho)
+
     def label(self) -> str:
-        return f"{self.process}{f' shift {self.shift:g}' if self.shift != 1.0 else ''}, {self.grid} grid"
+        shift = f" shift {self.shift:g}" if self.shift != 1.0 else ""
+        rho = f" rho {self.rho:g}" if self.grid == "karras" else ""
+        return f"{self.process}{shift}, {self.grid}{rho} grid"
 
 
-# Chosen per solver on pilots with *other* mixtures and other noise seeds (never the benchmark's targets):
-# first among {vp_linear, vp_cosine, edm, flow} x {uniform, logsnr, karras} by mean log sliced-W1 at NFE 5/10/20
-# (mixture seeds 100, 101; 2,000 samples); then for dpmpp_2m and heun, at NFE 10 against the best diffusers
-# scheduler, among flow grid shifts 0.7-4, Karras rho 2-7 (EDM, VP) and the VP grids (mixture seeds 100-107,
-# four 2-D and four 8-D; 10,000 samples): dpmpp_2m by the worst pilot ratio, heun by the worst and the mean.
+# ddpm, ddim, euler, euler_maruyama, pc: chosen on an earlier pilot (other mixtures, other noise seeds) among
+# {vp_linear, vp_cosine, edm, flow} x {uniform, logsnr, karras} by mean log sliced-W1 at NFE 5/10/20.
+# dpmpp_2m and heun: chosen by `--pilot` (see pilot()), which writes results/solvers_exact_score_pilot.json.
 OURS = (
     OurConfig("ddpm", "vp_cosine", "uniform"),
     OurConfig("ddim", "vp_linear", "uniform"),
@@ -83,12 +87,17 @@ OURS = (
     OurConfig("euler_maruyama", "vp_linear", "uniform"),
     OurConfig("pc", "flow", "uniform"),
 )
-PILOT_NOTE = ("per solver, on pilots with other mixtures and noise seeds (never these targets): process x grid from "
-              "{vp_linear, vp_cosine, edm, flow} x {uniform, logsnr, karras} by mean log sliced-W1 at NFE 5/10/20 "
-              "(reference_mixture seeds 100, 101; 2,000 samples); then for dpmpp_2m and heun, at NFE 10 against the best "
-              "diffusers scheduler, among flow grid shifts 0.7-4, Karras rho 2-7 (EDM, VP) and VP grids (seeds 100-107, "
-              "four 2-D and four 8-D mixtures, 10,000 samples): dpmpp_2m flow shift 2.0 (pilot ratios 0.73-0.97), heun "
-              "flow shift 1.4 (pilot ratios 1.14-1.51: no heun setting beat diffusers' DPM-Solver++ at NFE 10 on the pilot)")
+PILOT_NOTE = ("ddpm, ddim, euler, euler_maruyama, pc: per solver, process x grid from {vp_linear, vp_cosine, edm, flow} x "
+              "{uniform, logsnr, karras} by mean log sliced-W1 at NFE 5/10/20 on other mixtures (reference_mixture seeds "
+              "100, 101; 2,000 samples). dpmpp_2m and heun: by `--pilot` (results/solvers_exact_score_pilot.json): "
+              "among PILOT_CANDIDATES, the lowest worst-case ratio to the best diffusers scheduler at NFE 10 on 8 other "
+              "mixtures (seeds 100-107) and other noise seeds")
+PILOT_MIXTURES = [dict(dim=2, components=8, seed=100 + i) for i in range(4)] + [dict(dim=8, components=6, seed=104 + i) for i in range(4)]
+PILOT_CANDIDATES = (
+    [OurConfig("", p, g) for p in ("vp_linear", "vp_cosine", "edm", "flow") for g in ("uniform", "logsnr")]
+    + [OurConfig("", p, "karras", rho=r) for p in ("vp_linear", "vp_cosine", "edm", "flow") for r in (3.0, 5.0, 7.0)]
+    + [OurConfig("", "flow", "uniform", shift=sh) for sh in (0.7, 1.4, 2.0, 3.0, 4.0)]
+)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -146,7 +155,7 @@ def run_ours(config: OurConfig, mixture: GaussianMixture, z: Tensor, budget: int
     process = config.make_process()
     steps = steps_for_nfe(config.solver, budget)
     out = solve({"x": process}, mixture.denoiser(process), {"x": z * process.prior_scale()},
-                process.time_grid(steps, config.grid), config.solver, generator=torch.Generator().manual_seed(seed))["x"]
+                config.time_grid(steps), config.solver, generator=torch.Generator().manual_seed(seed))["x"]
     return out, nfe(config.solver, steps)
 
 
@@ -231,41 +240,89 @@ DIFFUSERS = ("DDIMScheduler", "DPMSolverMultistepScheduler", "EulerDiscreteSched
              "FlowMatchEulerDiscreteScheduler")
 
 
-def accuracy(samples: int, projections: int, budgets: tuple[int, ...], log: Callable[[str], None]) -> dict:
+def _errors(run: Callable[[Tensor], tuple[Tensor, int]], metric: SlicedW1ToMixture, noises: list[Tensor]) -> tuple[float, list[float], int]:
+    """Mean error over the initial noises (None-safe: a non-finite run makes the mean None), per-noise errors, NFE."""
+    errors, used = [], 0
+    for z in noises:
+        x, used = run(z)
+        errors.append(metric(x) if bool(torch.isfinite(x).all()) else math.nan)
+    mean = statistics.fmean(errors)
+    return (mean if math.isfinite(mean) else None), [e if math.isfinite(e) else None for e in errors], used
+
+
+def _noises(n: int, dim: int, seeds: list[int]) -> list[Tensor]:
+    return [torch.randn(n, dim, generator=torch.Generator().manual_seed(s), dtype=torch.float64) for s in seeds]
+
+
+def accuracy(samples: int, projections: int, budgets: tuple[int, ...], noise_seeds: int, log: Callable[[str], None]) -> dict:
     out: dict = {}
     for ds_index, (ds_name, spec) in enumerate(DATASETS.items()):
         mixture = reference_mixture(**spec)
         gen = torch.Generator().manual_seed(1000 + ds_index)
-        reference = mixture.sample(samples, gen)
-        metric = SlicedWasserstein(reference, projections=projections, seed=7)
-        floors = [metric(mixture.sample(samples, gen)) for _ in range(3)]
-        z = torch.randn(samples, mixture.dim, generator=torch.Generator().manual_seed(2000 + ds_index), dtype=torch.float64)
+        metric = SlicedW1ToMixture(mixture, projections=projections, seed=7)
+        floors = [metric(mixture.sample(samples, gen)) for _ in range(5)]
+        noises = _noises(samples, mixture.dim, [2000 + 10 * ds_index + r for r in range(noise_seeds)])
         runs: dict = {"ours": {}, "diffusers": {}}
         for config in OURS:
-            key = config.solver
-            runs["ours"][key] = {"process": config.process, "grid": config.grid, "shift": config.shift, "label": config.label(),
-                                 "nfe": [], "steps": [], "error": []}
+            entry = runs["ours"][config.solver] = {"process": config.process, "grid": config.grid, "shift": config.shift,
+                                                   "rho": config.rho, "label": config.label(), "nfe": [], "steps": [],
+                                                   "error": [], "error_per_noise": []}
             for budget in budgets:
                 t0 = time.perf_counter()
-                x, used = run_ours(config, mixture, z, budget, seed=3000 + budget)
-                err = metric(x)
-                entry = runs["ours"][key]
+                err, per_noise, used = _errors(lambda z: run_ours(config, mixture, z, budget, seed=3000 + budget), metric, noises)
                 entry["nfe"].append(used)
                 entry["steps"].append(steps_for_nfe(config.solver, budget))
-                entry["error"].append(err if math.isfinite(err) else None)
-                log(f"{ds_name} ours {key:15s} NFE {used:5d}: {err:.4f}  ({time.perf_counter() - t0:.1f}s)")
+                entry["error"].append(err)
+                entry["error_per_noise"].append(per_noise)
+                log(f"{ds_name} ours {config.solver:15s} NFE {used:5d}: {err}  ({time.perf_counter() - t0:.1f}s)")
         for name in DIFFUSERS:
-            runs["diffusers"][name] = {"nfe": [], "error": []}
+            entry = runs["diffusers"][name] = {"nfe": [], "error": [], "error_per_noise": []}
             for budget in budgets:
                 t0 = time.perf_counter()
-                x, used = run_diffusers(name, mixture, z, budget)
-                err = metric(x)
-                runs["diffusers"][name]["nfe"].append(used)
-                runs["diffusers"][name]["error"].append(err if math.isfinite(err) else None)
-                log(f"{ds_name} diffusers {name:31s} NFE {used:5d}: {err:.4f}  ({time.perf_counter() - t0:.1f}s)")
+                err, per_noise, used = _errors(lambda z: run_diffusers(name, mixture, z, budget), metric, noises)
+                entry["nfe"].append(used)
+                entry["error"].append(err)
+                entry["error_per_noise"].append(per_noise)
+                log(f"{ds_name} diffusers {name:31s} NFE {used:5d}: {err}  ({time.perf_counter() - t0:.1f}s)")
         out[ds_name] = {"mixture": {**spec, "weights": mixture.weights.tolist()}, "noise_floor": statistics.fmean(floors),
-                        "noise_floor_pairs": floors, "budgets": list(budgets), **runs}
+                        "noise_floor_sets": floors, "budgets": list(budgets), **runs}
     return out
+
+
+def pilot(samples: int, projections: int, noise_seeds: int, log: Callable[[str], None]) -> dict:
+    """Choose dpmpp_2m's and heun's path and grid on mixtures and noises the benchmark never uses.
+
+    For each candidate in ``PILOT_CANDIDATES``: the mean error over ``noise_seeds`` initial noises at NFE 10 on each
+    of ``PILOT_MIXTURES``, divided by the best diffusers scheduler's on the same mixture and noises; the choice
+    minimises the worst of these ratios.
+    """
+    budget = 10
+    best_diffusers, table = [], {"dpmpp_2m": {}, "heun": {}}
+    for m_index, spec in enumerate(PILOT_MIXTURES):
+        mixture = reference_mixture(**spec)
+        metric = SlicedW1ToMixture(mixture, projections=projections, seed=11)
+        noises = _noises(samples, mixture.dim, [5000 + 10 * m_index + r for r in range(noise_seeds)])
+        theirs = {name: _errors(lambda z: run_diffusers(name, mixture, z, budget), metric, noises)[0] for name in DIFFUSERS}
+        best = min(e for e in theirs.values() if e is not None)
+        best_diffusers.append({"mixture": spec, "errors": theirs, "best": best})
+        for solver in table:
+            for candidate in PILOT_CANDIDATES:
+                config = OurConfig(solver, candidate.process, candidate.grid, candidate.shift, candidate.rho)
+                err = _errors(lambda z: run_ours(config, mixture, z, budget, seed=6000 + m_index), metric, noises)[0]
+                table[solver].setdefault(config.label(), {"config": config, "ratios": []})["ratios"].append(
+                    err / best if err is not None else math.inf)
+        log(f"pilot mixture {spec}: best diffusers {best:.4f}")
+    chosen = {}
+    for solver, rows in table.items():
+        ranked = sorted(rows.values(), key=lambda r: max(r["ratios"]))
+        chosen[solver] = {"label": ranked[0]["config"].label(), "process": ranked[0]["config"].process,
+                          "grid": ranked[0]["config"].grid, "shift": ranked[0]["config"].shift, "rho": ranked[0]["config"].rho,
+                          "worst_ratio": max(ranked[0]["ratios"]), "ratios": ranked[0]["ratios"]}
+        for r in ranked[:5]:
+            log(f"pilot {solver:9s} {r['config'].label():32s} worst {max(r['ratios']):.3f}  mean {statistics.fmean(r['ratios']):.3f}")
+    return {"budget_nfe": budget, "samples": samples, "projections": projections, "noise_seeds": noise_seeds,
+            "mixtures": PILOT_MIXTURES, "diffusers": best_diffusers, "chosen": chosen,
+            "candidates": {solver: {label: r["ratios"] for label, r in rows.items()} for solver, rows in table.items()}}
 
 
 def _ratio_at(results: dict, solver: str, budget: int, against: str | None = None) -> dict[str, float]:
@@ -319,14 +376,22 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--projections", type=int, default=512)
     parser.add_argument("--timing-steps", type=int, default=50)
     parser.add_argument("--timing-repeats", type=int, default=31)
+    parser.add_argument("--noise-seeds", type=int, default=3, help="initial-noise draws per solver and NFE (errors averaged)")
     parser.add_argument("--quick", action="store_true", help="smoke run: 1,000 samples, NFE <= 20, nothing written")
+    parser.add_argument("--pilot", action="store_true", help="choose dpmpp_2m's and heun's path and grid on other "
+                                                              "mixtures; writes results/solvers_exact_score_pilot.json")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
+    if args.pilot:
+        found = pilot(args.samples, 128, 2, log=lambda m: print(m, flush=True))
+        path = write_results(f"{NAME}_pilot", found, packages=("sciffusion", "torch", "diffusers"))
+        print(f"wrote {path}")
+        return
     started, cpu_started = time.perf_counter(), time.process_time()
     load_before = os.getloadavg()
     budgets = (5, 10, 20) if args.quick else NFE_BUDGETS
     samples = 1000 if args.quick else args.samples
-    results = accuracy(samples, args.projections, budgets, log=lambda m: print(m, flush=True))
+    results = accuracy(samples, args.projections, budgets, 1 if args.quick else args.noise_seeds, log=lambda m: print(m, flush=True))
     shapes = {"benchmark_batch": (samples, 8), "tiny_batch": (4, 8), "image_batch": (16, 3, 32, 32)}
     timing = step_overhead(shapes, args.timing_steps, 3 if args.quick else args.timing_repeats)
     for shape_name, t in timing.items():

@@ -122,6 +122,18 @@ def test_conversions_round_trip_all_pairs(name: str) -> None:
         assert torch.allclose(back.x0, x0, atol=1e-9) and torch.allclose(back.eps, eps, atol=1e-9), source
 
 
+def test_flow_velocity_shortcut_equals_general_conversion() -> None:
+    """FlowProcess.to_x0_eps (x0 = x_t - t v, eps = x_t + (1 - t) v) equals the general velocity conversion."""
+    process = FlowProcess()
+    x0, eps, t = _field()
+    x_t = process.add_noise(x0, eps, t)
+    c = process.coefficients(t, x_t)
+    velocity = from_x0_eps(x0, eps, "velocity", c)
+    fast, general = process.to_x0_eps(velocity, x_t, t), to_x0_eps(velocity, "velocity", x_t, c)
+    assert torch.allclose(fast.x0, general.x0, rtol=0, atol=1e-12) and torch.allclose(fast.eps, general.eps, rtol=0, atol=1e-12)
+    assert torch.allclose(fast.x0, x0, atol=1e-12) and torch.allclose(fast.eps, eps, atol=1e-12)
+
+
 @pytest.mark.parametrize("name", list(PROCESSES))
 def test_velocity_is_time_derivative_of_the_path(name: str) -> None:
     """``velocity = d x_t / dt`` at fixed (x0, eps): checks each process's ``derivatives``."""

@@ -23,7 +23,7 @@ from torch import Tensor
 from sciffusion.processes import Coefficients, FlowProcess, GaussianProcess, Prediction, VPProcess, from_x0_eps
 from sciffusion.processes.gaussian import EDMProcess
 from sciffusion.sampling import nfe, solve, steps_for_nfe
-from sciffusion.sampling.exact import GaussianMixture, reference_mixture, sliced_wasserstein
+from sciffusion.sampling.exact import GaussianMixture, SlicedW1ToMixture, reference_mixture, sliced_wasserstein
 
 TOL = 1e-5
 SCHEDULES = {"linear": "linear", "scaled_linear": "quad", "squaredcos_cap_v2": "cosine"}
@@ -302,3 +302,34 @@ def test_ragged_field_matches_dense(solver: str) -> None:
     ragged = solve({"x": process}, denoise_ragged, {"x": dense0.reshape(-1, 2)}, grid, solver,
                    generator=torch.Generator().manual_seed(2), index={"x": index})["x"]
     assert torch.allclose(ragged, dense.reshape(-1, 2), rtol=1e-10, atol=1e-10)
+
+
+# ------------------------------------------------------------------------------------------------
+# Sliced W1 to the mixture itself
+# ------------------------------------------------------------------------------------------------
+def test_sliced_w1_to_mixture_equals_numerical_integral_in_1d() -> None:
+    """In 1-D the metric is integral |F_n - F| dx: compare with a dense numerical integral (scipy's normal CDF)."""
+    import numpy as np
+    from scipy import stats
+
+    mixture = GaussianMixture([0.3, 0.7], [[-1.0], [2.0]], [[[0.25]], [[1.0]]])
+    metric = SlicedW1ToMixture(mixture, projections=1)
+    sign = float(metric.directions[0, 0])  # the one direction is +1 or -1
+    for n in (50, 2000):
+        y = np.sort(sign * mixture.sample(n, torch.Generator().manual_seed(n))[:, 0].numpy())
+        grid = np.linspace(-14.0, 14.0, 2_000_001)
+        cdf = 0.3 * stats.norm.cdf(grid, -sign, 0.5) + 0.7 * stats.norm.cdf(grid, 2 * sign, 1.0)
+        numeric = np.trapezoid(np.abs(np.searchsorted(y, grid, side="right") / n - cdf), grid)
+        assert metric(mixture.sample(n, torch.Generator().manual_seed(n))) == pytest.approx(numeric, rel=1e-5)
+
+
+def test_sliced_w1_to_mixture_sees_shifts_and_shrinks_with_n() -> None:
+    """True samples: the error falls like n^-1/2; a shift by d along e_1 costs mean |u_1| d (the W1 of a translation)."""
+    mixture = reference_mixture(dim=4, components=3, seed=3)
+    metric = SlicedW1ToMixture(mixture, projections=256, seed=1)
+    gen = torch.Generator().manual_seed(0)
+    small, large = (sum(metric(mixture.sample(n, gen)) for _ in range(4)) / 4 for n in (500, 8000))
+    assert 2.5 < small / large < 6.0  # sqrt(16) = 4
+    shift = torch.tensor([3.0, 0.0, 0.0, 0.0], dtype=torch.float64)
+    expected = 3.0 * float(metric.directions[:, 0].abs().mean())
+    assert metric(mixture.sample(8000, gen) + shift) == pytest.approx(expected, rel=0.03)

@@ -414,6 +414,14 @@ class FlowProcess(GaussianProcess):
     def derivatives(self, t: Tensor) -> tuple[Tensor, Tensor]:
         return -torch.ones_like(t), torch.ones_like(t)
 
+    def to_x0_eps(self, pred: Tensor, x_t: Tensor, t: Tensor, index: Tensor | None = None) -> Prediction:
+        """For a velocity ``v = eps - x0`` the general conversion reduces to ``x0 = x_t - t v``,
+        ``eps = x_t + (1 - t) v`` (the same values with a third of the tensor operations)."""
+        if self.prediction != "velocity":
+            return super().to_x0_eps(pred, x_t, t, index)
+        c = self.coefficients(t, x_t, index)
+        return Prediction(x0=x_t - c.sigma * pred, eps=x_t + c.alpha * pred)
+
     def _t_from_scaled_sigma(self, target: Tensor) -> Tensor:
         return target / (1 + target)
 
