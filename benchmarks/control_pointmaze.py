@@ -11,14 +11,23 @@ On U-Maze also: plan latency of 256-step DDPM vs our solver at <= 20 NFE (same m
 their success rates), and a forbidden region added at test time only (cost guidance), reporting the
 fraction of episodes whose executed path avoids it and their success.
 
-    python benchmarks/control_pointmaze.py [--mazes umaze,medium,large] [--episodes 50] [--train-steps N]
+    python benchmarks/control_pointmaze.py [--mazes umaze,medium,large] [--episodes 50] [--train-steps N] [--merge]
 
-Writes ``benchmarks/results/control_pointmaze.json``.
+The forbidden region's guidance settings (scale, cost margin, gradient sub-steps) are chosen by a pilot
+on episode seeds ``--pilot-seed ..`` (disjoint from the evaluation seeds), among ``REGION_GRID``, by the
+rule in ``pick_region_guidance``; the pilot table is written beside the result.
+
+Writes ``benchmarks/results/control_pointmaze.json``. ``--merge`` reruns only ``--mazes`` and keeps the
+other mazes' entries and bars from the existing file; each maze's entry records the run that produced it
+(``produced_by``: date, git commit, files changed but not committed, command).
 """
 from __future__ import annotations
 
 import argparse
+import datetime as dt
+import json
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -28,7 +37,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import bar, write_results
+from _common import RESULTS, bar, write_results
 from sciffusion.domains.control.config import ForbiddenRegion
 from sciffusion.domains.control.controllers import TrackingConfig
 from sciffusion.domains.control.datasets import load_or_generate_maze_dataset
@@ -52,8 +61,48 @@ REWARD = "sparse: 1 for every step that ends with the ball within 0.45 m of the 
 FORMULA = "normalized_score = 100 * (return - ref_min) / (ref_max - ref_min), D4RL reference returns"
 # U-Maze forbidden region: the inner (left) half of the vertical corridor, cell (2, 3) (centre x = 1.0,
 # y = 0.0), where unguided plans hug the wall corner; the right half (x in [1.0, 1.5]) stays free
-REGION = ForbiddenRegion(center=[0.75, 0.0], radius=0.25, margin=0.15, scale=500.0)
+REGION_CENTER, REGION_RADIUS = [0.75, 0.0], 0.25
 REGION_STARTS = [[3, 1], [3, 2]]  # bottom row: every path to the goal (1, 1) passes the corridor
+# guidance settings tried by the pilot: (scale, cost margin, gradient sub-steps per correction)
+REGION_GRID = [(s, m, k) for k in (1, 50) for m in (0.1, 0.15) for s in (100.0, 500.0, 2000.0)]
+PILOT_EPISODES = 100
+UMAZE_ONLY_BARS = ("plan_speedup_vs_ddpm256", "avoid_rate_guided", "success_guided")
+
+
+def region(margin: float = 0.15, scale: float = 1.0, substeps: int = 1) -> ForbiddenRegion:
+    """The U-Maze forbidden disc with the given cost margin and guidance settings."""
+    return ForbiddenRegion(center=REGION_CENTER, radius=REGION_RADIUS, margin=margin, scale=scale, substeps=substeps)
+
+
+def pick_region_guidance(table: list[dict[str, Any]], floor: float = 0.98) -> dict[str, Any]:
+    """The pilot rule: among settings whose pilot avoid rate and success rate are both >= ``floor``, the one
+    with the highest normalized score (fastest to the goal); if none qualifies, the highest avoid rate
+    x success rate."""
+    ok = [r for r in table if r["avoid_rate"] >= floor and r["success_rate"] >= floor]
+    if ok:
+        return max(ok, key=lambda r: r["normalized_score"])
+    return max(table, key=lambda r: (r["avoid_rate"] * r["success_rate"], r["normalized_score"]))
+
+
+def produced_by() -> dict[str, Any]:
+    """Date, git commit, files changed but not committed, and the command line of this run."""
+    def git(*cmd: str) -> str:
+        try:
+            return subprocess.run(["git", *cmd], capture_output=True, text=True, cwd=ROOT).stdout.strip()
+        except OSError:
+            return ""
+    return {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "git_commit": git("rev-parse", "--short", "HEAD") or None,
+            "uncommitted_changes": [line[3:] for line in git("status", "--porcelain", "--untracked-files=no").splitlines()],
+            "command": " ".join(["python", *sys.argv])}
+
+
+def bar_maze(b: dict[str, Any]) -> str | None:
+    """The maze a bar belongs to (recorded in ``maze``; inferred from the name in older files)."""
+    if "maze" in b:
+        return b["maze"]
+    if b["name"] in UMAZE_ONLY_BARS:
+        return "umaze"
+    return next((m for m in DIFFUSER if b["name"].endswith(f"_{m}")), None)
 
 
 def plan_latencies(planner, configs: list[tuple[str, int]], repeats: int, spec) -> list[float]:
@@ -88,7 +137,13 @@ def main() -> None:
     ap.add_argument("--bc-steps", type=int, default=20_000)
     ap.add_argument("--work", default=str(ROOT / "runs/bench_control_pointmaze"))
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1 avoids spinning on a shared CPU)")
+    ap.add_argument("--pilot-seed", type=int, default=1000, help="first episode seed of the region-guidance pilot")
+    ap.add_argument("--merge", action="store_true", help="rerun only --mazes; keep the other mazes' entries and bars "
+                                                          "from the existing results file")
     args = ap.parse_args()
+    if args.pilot_seed < args.seed + args.episodes and args.seed < args.pilot_seed + PILOT_EPISODES:
+        ap.error("the pilot seeds must not overlap the evaluation seeds")
+    run_info = produced_by()
     torch.set_num_threads(args.threads)
     work = Path(args.work)
     results: dict[str, Any] = {}
@@ -113,13 +168,13 @@ def main() -> None:
         cfg = planner.config
         control, sample = cfg.section("control"), cfg.sample
         tracking = TrackingConfig(control.kp, control.gain, control.max_speed)
-        row: dict[str, Any] = {"data": data_info, "planner_training": planner_train, "bc_training": bc_train,
+        row: dict[str, Any] = {"produced_by": run_info, "data": data_info, "planner_training": planner_train, "bc_training": bc_train,
                                "solver": sample.solver, "solver_steps": sample.steps, "replan_every": control.replan_every}
 
         def planner_agent(mode: str, planner=planner, tracking=tracking, control=control, sample=sample, cfg=cfg,
                           **kw: Any) -> PlannerAgent:
             return PlannerAgent(planner.model, tracking, mode=mode, replan_every=control.replan_every,
-                                solver=kw.pop("solver", sample.solver), steps=kw.pop("steps", sample.steps), seed=args.seed,
+                                solver=kw.pop("solver", sample.solver), steps=kw.pop("steps", sample.steps), seed=kw.pop("seed", args.seed),
                                 clip_x0=1.0 if cfg.data.normalizer == "limits" else None, **kw)
 
         runs = {
@@ -138,8 +193,8 @@ def main() -> None:
                     plot_maze_paths(spec, res["paths"], agent.first_plans, res["goals"], work / f"{maze}_paths.png", res["success"])
             print(maze, key, row[key], flush=True)
         score = row["b_planner_receding"]["normalized_score"]
-        bars.append(bar(f"success_{maze}", row["b_planner_receding"]["success_rate"], ">=", 0.95))
-        bars.append(bar(f"score_ratio_vs_diffuser_{maze}", score / DIFFUSER[maze], ">=", 1.0))
+        bars.append({**bar(f"success_{maze}", row["b_planner_receding"]["success_rate"], ">=", 0.95), "maze": maze})
+        bars.append({**bar(f"score_ratio_vs_diffuser_{maze}", score / DIFFUSER[maze], ">=", 1.0), "maze": maze})
 
         if maze == "umaze":
             # latency: DDPM with all 256 training steps vs ours (<= 20 NFE), same model, same run, interleaved
@@ -150,23 +205,55 @@ def main() -> None:
                               "success_ddpm256_open_loop": ddpm_res["success_rate"],
                               "success_ours_open_loop": row["a_planner_tracking"]["success_rate"],
                               "score_ddpm256_open_loop": ddpm_res["normalized_score"]}
-            bars.append(bar("plan_speedup_vs_ddpm256", lat_ddpm / lat_ours, ">=", 10.0))
-            # forbidden region at test time only: unguided vs cost-guided planner, starts in the bottom row
+            bars.append({**bar("plan_speedup_vs_ddpm256", lat_ddpm / lat_ours, ">=", 10.0), "maze": maze})
+            # forbidden region at test time only (the planner never saw it): unguided vs cost-guided planner,
+            # starts in the bottom row. Guidance settings: pilot on seeds disjoint from the evaluation's.
+            pilot = []
+            for scale, margin, substeps in REGION_GRID:
+                res = run_maze_episodes(spec, planner_agent("receding", forbidden=region(margin, scale, substeps), seed=args.pilot_seed),
+                                        PILOT_EPISODES, args.pilot_seed, start_cells=REGION_STARTS, region=region())
+                s = summarize(res)
+                pilot.append({"guidance_scale": scale, "cost_margin": margin, "substeps": substeps,
+                              **{k: s[k] for k in ("avoid_rate", "success_rate", "normalized_score")}})
+                print("pilot", pilot[-1], flush=True)
+            chosen = pick_region_guidance(pilot)
+            guided = region(chosen["cost_margin"], chosen["guidance_scale"], chosen["substeps"])
             region_rows = {}
-            for label, region in (("unguided", None), ("guided", REGION)):
-                agent = planner_agent("receding", forbidden=region)
-                res = run_maze_episodes(spec, agent, args.episodes, args.seed, start_cells=REGION_STARTS, region=REGION)
+            for label, reg in (("unguided", None), ("guided", guided)):
+                agent = planner_agent("receding", forbidden=reg)
+                res = run_maze_episodes(spec, agent, args.episodes, args.seed, start_cells=REGION_STARTS, region=guided)
                 region_rows[label] = summarize(res)
                 plot_maze_paths(spec, res["paths"], agent.first_plans, res["goals"], work / f"umaze_region_{label}.png",
-                                res["success"], REGION)
+                                res["success"], guided)
                 print("region", label, region_rows[label], flush=True)
-            row["forbidden_region"] = {"region": {"center": REGION.center, "radius": REGION.radius, "cost_margin": REGION.margin,
-                                                  "guidance_scale": REGION.scale},
-                                       "starts": REGION_STARTS, "mode": "receding", **region_rows}
-            bars.append(bar("avoid_rate_guided", region_rows["guided"]["avoid_rate"], ">=", 0.9))
-            bars.append(bar("success_guided", region_rows["guided"]["success_rate"], ">=", 0.9))
+            row["forbidden_region"] = {
+                "region": {"center": guided.center, "radius": guided.radius, "cost_margin": guided.margin,
+                           "guidance_scale": guided.scale, "substeps": guided.substeps},
+                "avoided": "the ball's centre never entered the disc (radius, not radius + margin) over the whole episode",
+                "starts": REGION_STARTS, "mode": "receding", "test_time_only": "the planner was trained without the region",
+                "settings_selection": {
+                    "rule": "pilot on episode seeds disjoint from the evaluation's; among the grid's settings with pilot "
+                            "avoid_rate >= 0.98 and success_rate >= 0.98, the highest pilot normalized score",
+                    "pilot_episode_seeds": f"{args.pilot_seed}..{args.pilot_seed + PILOT_EPISODES - 1}",
+                    "pilot_sampling_seed": args.pilot_seed, "chosen": chosen, "pilot": pilot},
+                **region_rows}
+            bars.append({**bar("avoid_rate_guided", region_rows["guided"]["avoid_rate"], ">=", 0.9), "maze": maze})
+            bars.append({**bar("success_guided", region_rows["guided"]["success_rate"], ">=", 0.9), "maze": maze})
         results[maze] = row
 
+    if args.merge:
+        old_file = RESULTS / "control_pointmaze.json"
+        old = json.loads(old_file.read_text()) if old_file.exists() else {"results": {}, "bars": []}
+        rerun = set(results)
+        for maze, entry in old.get("results", {}).items():
+            if maze not in rerun:
+                # an entry from an older file without a record of its run: attribute it to that file's run
+                entry.setdefault("produced_by", {"date": old.get("date"), "git_commit": old.get("versions", {}).get("git_commit"),
+                                                 "note": "kept by --merge from the previous results file"})
+                results[maze] = entry
+        kept = [{**b, "maze": bar_maze(b)} for b in old.get("bars", []) if bar_maze(b) not in rerun]
+        bars = [b for m in [*DIFFUSER] for b in [*bars, *kept] if b.get("maze") == m]
+        results = {m: results[m] for m in DIFFUSER if m in results}
     write_results("control_pointmaze", {
         "settings": {"episodes": args.episodes, "episode_seeds": f"{args.seed}..{args.seed + args.episodes - 1}",
                      "protocol": "D4RL maze2d-style: fixed D4RL goal cell (U (1,1), Medium (6,6), Large (7,9)), start cell "
@@ -178,6 +265,8 @@ def main() -> None:
                      "success": "the ball came within 0.45 m of the goal at least once",
                      "bars_use": "(b) planner with receding-horizon replanning",
                      "torch_threads": args.threads,
+                     "merge": (f"--merge: {', '.join(args.mazes.split(','))} rerun by this run; the other mazes' entries and "
+                               "bars were kept from the previous file (see each maze's produced_by)") if args.merge else None,
                      "compute": "CPU only, 2 cores shared with other jobs; budgets are the configs' trainer.max_steps"},
         "anchors": {"diffuser_normalized_score_d4rl_maze2d": DIFFUSER,
                     "note": "paper numbers on D4RL maze2d (mujoco-py, 0.5 m goal radius, fixed-goal eval), not re-run here"},

@@ -91,7 +91,8 @@ def analytic_planner() -> TrajectoryPlanner:
     return TrajectoryPlanner(DiffusionModel(GaussianPosteriorNet(process), {"traj": process}), TrajectorySpec(4, 0, 16))
 
 
-def test_cost_guidance_lowers_the_cost_it_targets() -> None:
+@pytest.mark.parametrize("substeps", [1, 20])
+def test_cost_guidance_lowers_the_cost_it_targets(substeps: int) -> None:
     planner = analytic_planner()
     start = torch.tensor([[-1.0, 0.0, 0.0, 0.0]]).repeat(32, 1)
     goal = torch.tensor([[1.0, 0.0, 0.0, 0.0]]).repeat(32, 1)
@@ -99,12 +100,36 @@ def test_cost_guidance_lowers_the_cost_it_targets() -> None:
     cost = forbidden_cost(region)
     free = planner.plan(start, goal, steps=20, generator=torch.Generator().manual_seed(1))
     guided = planner.plan(start, goal, steps=20, generator=torch.Generator().manual_seed(1),
-                          gradient_guidance=[cost_guidance(planner, cost, scale=2.0)])
+                          gradient_guidance=[cost_guidance(planner, cost, scale=2.0, substeps=substeps)])
     c_free, c_guided = cost(free).mean().item(), cost(guided).mean().item()
     assert c_free > 0.3  # prior samples crowd the origin
     assert c_guided < 0.2 * c_free
+    # the plan states stay out of the disc itself
+    inside = torch.linalg.vector_norm(guided[:, 1:-1, :2], dim=-1) < region.radius
+    assert inside.float().mean() < 0.02 < (torch.linalg.vector_norm(free[:, 1:-1, :2], dim=-1) < region.radius).float().mean()
+    # the correction is finite at t = 1 (no sigma^2 / alpha blow-up): plans stay near the prior's scale
+    assert (guided - free)[..., :2].norm(dim=-1).mean() < 3.0
     torch.testing.assert_close(guided[:, 0], start, atol=1e-5, rtol=0)  # guidance leaves the pinned states alone
     torch.testing.assert_close(guided[:, -1], goal, atol=1e-5, rtol=0)
+
+
+def test_cost_guidance_substeps_do_not_overshoot() -> None:
+    """A strong single step throws plan states far past the region's edge; sub-steps stop near it."""
+    planner = analytic_planner()
+    start = torch.tensor([[-1.0, 0.0, 0.0, 0.0]]).repeat(32, 1)
+    goal = torch.tensor([[1.0, 0.0, 0.0, 0.0]]).repeat(32, 1)
+    cost = forbidden_cost(ForbiddenRegion(center=[0.0, 0.0], radius=0.5, margin=0.1))
+    free = planner.plan(start, goal, steps=20, generator=torch.Generator().manual_seed(1))
+
+    def moved(substeps: int) -> float:
+        guided = planner.plan(start, goal, steps=20, generator=torch.Generator().manual_seed(1),
+                              gradient_guidance=[cost_guidance(planner, cost, scale=20.0, substeps=substeps)])
+        assert cost(guided).mean() < 0.05 * cost(free).mean()
+        return (guided - free)[..., :2].norm(dim=-1).mean().item()
+
+    assert moved(50) < 0.2 * moved(1)
+    with pytest.raises(ValueError):
+        cost_guidance(planner, cost, scale=1.0, through_model=True, substeps=2)
 
 
 def test_value_guidance_raises_the_value_it_targets() -> None:

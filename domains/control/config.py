@@ -104,18 +104,22 @@ class ForbiddenRegion:
         radius: disc radius in metres (the ball's centre must stay outside it).
         margin: extra clearance the cost asks for.
         scale: gradient-guidance scale.
+        substeps: gradient steps per correction of the predicted plan (1: one step of the full size).
     """
 
     center: list[float] = field(default_factory=lambda: [0.0, 0.0])
     radius: float = 0.3
     margin: float = 0.15
     scale: float = 1.0
+    substeps: int = 1
 
     def __post_init__(self) -> None:
         if len(self.center) != 2:
             raise FieldError("center", f"must be [x, y], got {self.center}")
         if self.radius <= 0 or self.margin < 0:
             raise FieldError("radius", f"radius must be > 0 and margin >= 0, got {self.radius}, {self.margin}")
+        if self.substeps < 1:
+            raise FieldError("substeps", f"must be >= 1, got {self.substeps}")
 
 
 @dataclass

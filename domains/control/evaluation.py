@@ -128,7 +128,8 @@ class PlannerAgent:
         if self.value_scale > 0:
             guides.append(value_guidance(self.planner, self.value_scale))
         if self.forbidden is not None:
-            guides.append(cost_guidance(self.planner, forbidden_cost(self.forbidden), self.forbidden.scale))
+            guides.append(cost_guidance(self.planner, forbidden_cost(self.forbidden), self.forbidden.scale,
+                                        substeps=self.forbidden.substeps))
         self.guides = guides
 
     def _plan(self, states: np.ndarray) -> np.ndarray:

@@ -233,14 +233,18 @@ def value_guidance(planner: TrajectoryPlanner, scale: float) -> GradientGuidance
 
 
 def cost_guidance(planner: TrajectoryPlanner, cost: Callable[[Tensor], Tensor], scale: float,
-                  through_model: bool = False) -> GradientGuidance:
-    """Steer plans down ``cost(states_raw (B, H, S)) -> (B,)`` evaluated on the predicted clean plan."""
+                  through_model: bool = False, substeps: int = 1) -> GradientGuidance:
+    """Steer plans down ``cost(states_raw (B, H, S)) -> (B,)`` evaluated on the predicted clean plan.
+
+    ``substeps`` splits each correction of the predicted plan into that many gradient steps (see
+    :class:`~sciffusion.guidance.GradientGuidance`); only without ``through_model``.
+    """
     field = planner.field
 
     def loss(x0: dict[str, Tensor], x_t: dict[str, Tensor], t: Tensor) -> Tensor:
         return cost(planner.spec.states(planner.unnormalize(x0[field])))
 
-    return GradientGuidance(loss, scale=scale, fields=[field], through_model=through_model)
+    return GradientGuidance(loss, scale=scale, fields=[field], through_model=through_model, substeps=substeps)
 
 
 class DiffusionPolicy(nn.Module):
