@@ -76,6 +76,27 @@ def _read_pm25_table(path: Path) -> pd.DataFrame:
     return frame
 
 
+def _pm25_tables(root: str | Path) -> tuple[Series, Series]:
+    root = Path(root)
+    ground = frame_to_series(_read_pm25_table(root / "pm25_ground.txt"), "datetime", str(root / "pm25_ground.txt"))
+    missing = frame_to_series(_read_pm25_table(root / "pm25_missing.txt"), "datetime", str(root / "pm25_missing.txt"))
+    if not ground.index.equals(missing.index) or ground.features != missing.features:
+        raise SeriesFileError(f"{root}: pm25_ground.txt and pm25_missing.txt do not share stamps and columns")
+    return ground, missing
+
+
+def _pm25_month(ground: Series, missing: Series, month: int) -> tuple[Series, np.ndarray]:
+    """One month of the ground table and its conditioning mask (entries present in ``missing``) ``(K, N)``."""
+    rows = np.flatnonzero(ground.index.month == month)
+    return ground.select(rows), ~np.isnan(missing.values[:, rows])
+
+
+def pm25_month(root: str | Path, month: int) -> tuple[Series, np.ndarray]:
+    """AQI-36 month ``month`` with CSDI's target rule (targets: in ``pm25_ground.txt``, absent from
+    ``pm25_missing.txt``): the series and its conditioning mask ``(K, N)``. Month 1 is the validation month."""
+    return _pm25_month(*_pm25_tables(root), month)
+
+
 def load_pm25(root: str | Path, validation_month: int = 1) -> ImputationData:
     """AQI-36 with CSDI's split and targets.
 
@@ -87,11 +108,7 @@ def load_pm25(root: str | Path, validation_month: int = 1) -> ImputationData:
     11 lend historical masks. Test targets are the entries present in ``ground`` and absent in
     ``missing``.
     """
-    root = Path(root)
-    ground = frame_to_series(_read_pm25_table(root / "pm25_ground.txt"), "datetime", str(root / "pm25_ground.txt"))
-    missing = frame_to_series(_read_pm25_table(root / "pm25_missing.txt"), "datetime", str(root / "pm25_missing.txt"))
-    if not ground.index.equals(missing.index) or ground.features != missing.features:
-        raise SeriesFileError(f"{root}: pm25_ground.txt and pm25_missing.txt do not share stamps and columns")
+    ground, missing = _pm25_tables(root)
     if validation_month not in PM25_TRAIN_MONTHS:
         raise SeriesError(f"validation_month must be one of {PM25_TRAIN_MONTHS}, got {validation_month}")
     months = ground.index.month
@@ -99,12 +116,8 @@ def load_pm25(root: str | Path, validation_month: int = 1) -> ImputationData:
     train_months = [m for m in PM25_TRAIN_MONTHS if m != validation_month]
     train = [ground.select(np.flatnonzero(months == m)) for m in train_months]
     patterns = [i for i, m in enumerate(train_months) if m in PM25_PATTERN_MONTHS]
-    test, cond = [], []
-    for m in PM25_TEST_MONTHS:
-        rows = np.flatnonzero(months == m)
-        test.append(ground.select(rows))
-        cond.append(~np.isnan(missing.values[:, rows]))
-    return ImputationData(train, normalizer, test, cond, patterns, name="pm25")
+    test, cond = zip(*(_pm25_month(ground, missing, m) for m in PM25_TEST_MONTHS))
+    return ImputationData(train, normalizer, list(test), list(cond), patterns, name="pm25")
 
 
 # ------------------------------------------------------------------------------ generic series
