@@ -265,6 +265,8 @@ def main() -> None:
                      "success": "the ball came within 0.45 m of the goal at least once",
                      "bars_use": "(b) planner with receding-horizon replanning",
                      "torch_threads": args.threads,
+                     "provenance": "per maze: results.<maze>.produced_by (git commit and uncommitted files at the start of the "
+                                   "run that produced it); the top-level versions.git_commit is HEAD when this file was written",
                      "merge": (f"--merge: {', '.join(args.mazes.split(','))} rerun by this run; the other mazes' entries and "
                                "bars were kept from the previous file (see each maze's produced_by)") if args.merge else None,
                      "compute": "CPU only, 2 cores shared with other jobs; budgets are the configs' trainer.max_steps"},
