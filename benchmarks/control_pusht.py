@@ -53,7 +53,7 @@ def train_with_budget(config: Path, run_dir: Path, budget_s: int, overrides: lis
             "stopped_by_budget": proc.returncode == 124}
 
 
-def training_seconds(run_dir: Path) -> float | None:
+def training_seconds(run_dir: Path, batch_size: int) -> float | None:
     """Wall time covered by metrics.csv rows (samples / throughput), a lower bound without checkpoint pauses."""
     path = run_dir / "metrics.csv"
     if not path.exists():
@@ -62,7 +62,7 @@ def training_seconds(run_dir: Path) -> float | None:
     total, prev = 0.0, 0
     for r in rows:
         step = int(r["step"])
-        total += (step - prev) * 1.0 / max(float(r["samples_per_s"]), 1e-9)
+        total += (step - prev) * batch_size / max(float(r["samples_per_s"]), 1e-9)
         prev = step
     return total
 
@@ -77,13 +77,19 @@ def main() -> None:
     ap.add_argument("--episodes", type=int, default=50)
     ap.add_argument("--seed", type=int, default=100000, help="episode i uses env seed seed + i")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--max-steps", type=int, default=None,
+                    help="override trainer.max_steps (so that the wall-clock budget, not the step cap, ends training)")
     ap.add_argument("--gif", default=str(ROOT / "runs/bench_pusht_dp/rollout.gif"))
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     run_dir = Path(args.run_dir)
-    training: dict[str, Any] = {"budget_minutes": args.budget_min}
+    gif = Path(args.gif).resolve()
+    overrides = [] if args.max_steps is None else [f"trainer.max_steps={args.max_steps}"]
+    training: dict[str, Any] = {"budget_minutes": args.budget_min, "overrides": overrides,
+                                "load_average_1_5_15_before": [round(x, 2) for x in os.getloadavg()]}
     if not args.reuse:
-        training.update(train_with_budget(Path(args.config), run_dir, int(args.budget_min * 60), []))
+        training.update(train_with_budget(Path(args.config), run_dir, int(args.budget_min * 60), overrides))
+        training["load_average_1_5_15_after"] = [round(x, 2) for x in os.getloadavg()]
     elif args.train_command:
         training["command"] = args.train_command
     ckpt = find_checkpoint(run_dir)
@@ -92,9 +98,9 @@ def main() -> None:
     run = load_run(run_dir, "cpu")
     meta = load_meta(ckpt)
     cfg = run.config
-    training.update(steps=int(meta["step"]), batch_size=cfg.trainer.batch_size, samples_seen=int(meta["step"]) * cfg.trainer.batch_size,
+    training.update(steps=int(meta["step"]), max_steps=cfg.trainer.max_steps, batch_size=cfg.trainer.batch_size, samples_seen=int(meta["step"]) * cfg.trainer.batch_size,
                     epochs=int(meta["step"]) * cfg.trainer.batch_size / len(load_pusht(cfg.data.path).state),
-                    training_seconds_from_metrics=training_seconds(run_dir), ema=run.has_ema)
+                    training_seconds_from_metrics=training_seconds(run_dir, cfg.trainer.batch_size), ema=run.has_ema)
     evals = {}
     for solver, steps in (("ddim", 10), ("dpmpp_2m", 5)):
         metrics, res = evaluate_run(run.model, cfg, args.episodes, args.seed, solver=solver, steps=steps,
@@ -102,7 +108,7 @@ def main() -> None:
         evals[f"{solver}_{steps}"] = {k: v for k, v in metrics.items() if k not in ("env", "task")}
         evals[f"{solver}_{steps}"]["per_episode_max_coverage"] = [round(float(c), 4) for c in res["max_coverage"]]
         if res["frames"]:
-            write_gif(res["frames"], args.gif, fps=10)
+            write_gif(res["frames"], gif, fps=10)
         print(solver, steps, {k: v for k, v in metrics.items() if k != "per_episode_max_coverage"}, flush=True)
     task = cfg.section("task")
     demo = load_pusht(cfg.data.path)
@@ -121,7 +127,7 @@ def main() -> None:
         "chunk_latency": latency,
         "anchors": {**ANCHORS, "note": "paper numbers (GPU, ~hours of training, 256-1024-channel U-Net), not re-run here"},
         "bars": [bar("mean_coverage", primary["mean_max_coverage"], ">=", 0.80)],
-        "gif": str(Path(args.gif).relative_to(ROOT)) if Path(args.gif).exists() else None,
+        "gif": (str(gif.relative_to(ROOT)) if gif.is_relative_to(ROOT) else str(gif)) if gif.exists() else None,
     }, packages=("sciffusion", "torch", "numpy", "gymnasium", "gym-pusht", "pymunk"))
 
 
