@@ -289,7 +289,10 @@ def train_ours(args) -> dict:
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
     with open(Path(args.work) / "ours_train.log", "w") as log:
         start = time.perf_counter()
-        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env)
+        # SIGINT stops training after its current step (the CLI's KeyboardInterrupt); a shell that starts this script
+        # in the background ignores SIGINT, and children inherit that, so the child restores the default first
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         try:
             proc.wait(timeout=args.budget_min * 60)
         except subprocess.TimeoutExpired:
