@@ -20,7 +20,8 @@ and our fast solver also runs on a larger subset (``--large-per-month 0`` skips 
 and mean use the whole test set and the subsets. A last phase imputes all 82 test windows with 100
 samples through the same chunked pipeline (1 solver step) to measure peak memory. Usage::
 
-    python benchmarks/imputation_pm25.py --budget-min 12 [--pypots-path DIR] [--work DIR]
+    python benchmarks/imputation_pm25.py --budget-min 40 [--pypots-path DIR] [--work DIR]
+    python benchmarks/imputation_pm25.py --phase pilot --work DIR --run-dir DIR/ours_run   # choose the fast solver
     python benchmarks/imputation_pm25.py --phase report --work DIR     # rebuild the JSON from DIR
 
 ``--pypots-path`` adds a folder to PyPOTS' ``sys.path`` (e.g. one holding the ``transformers`` /
@@ -29,10 +30,8 @@ samples through the same chunked pipeline (1 solver step) to measure peak memory
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import os
-import platform
 import resource
 import signal
 import subprocess
@@ -44,8 +43,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import bar, write_results  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
-RESULT = ROOT / "benchmarks" / "results" / "imputation_pm25.json"
 CONFIG = ROOT / "configs" / "timeseries" / "pm25_cpu.yaml"
 DATA = ROOT.parent / "shared" / "data" / "timeseries" / "pm25"
 WINDOW = 36
@@ -178,15 +179,10 @@ def phase_pilot(args) -> None:
     for row in found.values():
         row["crps_ratio_vs_ancestral50"] = row["crps"] / reference
     meta = json.loads((Path(args.run_dir) / "checkpoints" / "last" / "meta.json").read_text())
-    result = {"benchmark": "imputation_pm25_pilot", "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-              "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(), "torch_threads": args.threads},
-              "run": {"config": str(CONFIG.relative_to(ROOT)), "checkpoint_step": int(meta["step"])},
-              "windows": {"month": 1, "rows": rows, "targets": int(stack["target_mask"][rows].sum())},
-              "samples": args.samples, "solvers": found}
-    out = RESULT.with_name("imputation_pm25_pilot.json")
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(result, indent=2))
-    os.replace(tmp, out)
+    write_results("imputation_pm25_pilot", {
+        "torch_threads": args.threads, "run": {"config": str(CONFIG.relative_to(ROOT)), "checkpoint_step": int(meta["step"])},
+        "windows": {"month": 1, "rows": rows, "targets": int(stack["target_mask"][rows].sum())},
+        "samples": args.samples, "solvers": found}, packages=("sciffusion", "torch", "numpy", "pandas"))
 
 
 def phase_rss_full(args) -> None:
@@ -324,11 +320,8 @@ def wait(proc: subprocess.Popen, name: str) -> None:
 
 
 def report(args, ours_train: dict) -> dict:
-    import pandas as pd
     from sciffusion.domains.timeseries.domain import linear_interpolation, point_scores
     from sciffusion.domains.timeseries.metrics import mae, rmse
-
-    import sciffusion
 
     data, windows, stack = test_windows()
     work = Path(args.work)
@@ -370,33 +363,25 @@ def report(args, ours_train: dict) -> dict:
     coverage_key = "ours_fast_large" if large else f"ours_{fast_key}"
     coverage90 = res[coverage_key]["coverage90"]
     bars = [
-        {"name": "mae_ratio_vs_pypots_csdi", "value": anc["mae"] / pypots["mae"], "op": "<", "target": 1.0},
-        {"name": "crps_ratio_vs_pypots_csdi", "value": anc["crps"] / pypots["crps"], "op": "<", "target": 1.0},
-        {"name": "fast_solver_crps_ratio_vs_ancestral50", "value": fast["crps"] / anc["crps"], "op": "<=", "target": 1.03},
-        {"name": "fast_solver_speedup_vs_ancestral50", "value": speedup, "op": ">=", "target": 5.0},
-        {"name": "coverage90_min", "value": coverage90, "op": ">=", "target": 0.85},
-        {"name": "coverage90_max", "value": coverage90, "op": "<=", "target": 0.95},
+        bar("mae_ratio_vs_pypots_csdi", anc["mae"] / pypots["mae"], "<", 1.0),
+        bar("crps_ratio_vs_pypots_csdi", anc["crps"] / pypots["crps"], "<", 1.0),
+        bar("fast_solver_crps_ratio_vs_ancestral50", fast["crps"] / anc["crps"], "<=", 1.03),
+        bar("fast_solver_speedup_vs_ancestral50", speedup, ">=", 5.0),
+        bar("coverage90_min", coverage90, ">=", 0.85),
+        bar("coverage90_max", coverage90, "<=", 0.95),
     ]
     rss_full_path = work / "rss_full.json"
     rss_full = json.loads(rss_full_path.read_text()) if rss_full_path.is_file() else None
     peak_rss = max(ours["peak_rss_gb"], rss_full["peak_rss_gb"]) if rss_full else ours["peak_rss_gb"]
-    bars.append({"name": "peak_rss_gb", "value": peak_rss, "op": "<=", "target": 4.0})
-    ops = {"<": np.less, "<=": np.less_equal, ">=": np.greater_equal}
-    for b in bars:
-        b["met"] = bool(ops[b["op"]](b["value"], b["target"]))
+    bars.append(bar("peak_rss_gb", peak_rss, "<=", 4.0))
     try:
         load = os.getloadavg()
     except OSError:
         load = None
     return {
-        "benchmark": "imputation_pm25",
-        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "machine": {"platform": platform.platform(), "processor": platform.processor(), "cpu_count": os.cpu_count(),
-                    "torch_threads": args.threads, "gpu": None, "load_average_at_report": load,
-                    "note": "CPU only; the cores were shared with other jobs, so wall-clock numbers are noisy"},
-        "versions": {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__,
-                     "pandas": pd.__version__, "sciffusion": getattr(sciffusion, "__version__", "0.1.0"), "pypots": pyp["version"]},
         "settings": {
+            "compute": {"torch_threads": args.threads, "load_average_at_report": load,
+                        "note": "CPU only; the cores were shared with other jobs, so wall-clock numbers are noisy"},
             "protocol": "CSDI AQI-36: test months 3,6,9,12; 36-h non-overlapping windows (last window of a month aligned "
                         "to its end, covered points not rescored); targets = in ground, not in missing; 100 samples; "
                         "median point estimate; CSDI 19-quantile CRPS normalised by sum |target|",
@@ -454,7 +439,7 @@ def main() -> None:
     parser.add_argument("--phase", choices=["all", "pilot", "ours_eval", "pypots", "timing", "rss_full", "report"], default="all",
                         help="all: the whole benchmark; report: rebuild the JSON from --work")
     parser.add_argument("--work", default=None, help="scratch folder (default: a new temp folder)")
-    parser.add_argument("--budget-min", type=float, default=12.0, help="training wall-clock minutes for each model")
+    parser.add_argument("--budget-min", type=float, default=40.0, help="training wall-clock minutes for each model")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per process (1 is fastest on shared cores)")
     parser.add_argument("--samples", type=int, default=100)
     parser.add_argument("--fast-solver", default=None, help="default: the config's sample.solver")
@@ -505,10 +490,7 @@ def main() -> None:
 
 def write_report(args, ours_train: dict) -> None:
     result = report(args, ours_train)
-    RESULT.parent.mkdir(parents=True, exist_ok=True)
-    tmp = RESULT.with_suffix(".tmp")
-    tmp.write_text(json.dumps(result, indent=2))
-    os.replace(tmp, RESULT)
+    write_results("imputation_pm25", result, packages=("sciffusion", "torch", "numpy", "pandas", "pypots"))
     print(json.dumps(result["bars"], indent=2))
 
 

@@ -216,6 +216,17 @@ def _time_diffusers(name: str, z: Tensor, steps: int) -> float:
     return time.perf_counter() - start
 
 
+TIMING_BAR = ("geometric mean over the five solver pairs of ours/diffusers seconds per evaluation (fastest of the "
+              "interleaved repeats; the ratio of medians is reported beside it) on the tiny batch (4 x 8), where the "
+              "per-step time is the solvers' fixed overhead; the larger batches, where elementwise work on the state "
+              "counts too, are reported beside it (step_overhead)")
+
+
+def timing_shapes(samples: int) -> dict[str, tuple[int, ...]]:
+    """State shapes whose per-step overhead is timed: the benchmark's batch, a tiny batch (the bar), an image batch."""
+    return {"benchmark_batch": (samples, 8), "tiny_batch": (4, 8), "image_batch": (16, 3, 32, 32)}
+
+
 def step_overhead(shapes: dict[str, tuple[int, ...]], steps: int, repeats: int) -> dict:
     """Seconds per model evaluation (solver work only), ours and diffusers', from interleaved runs: the fastest of
     the repeats (as ``timeit`` advises: slower repeats measure other processes on the machine) and the median."""
@@ -403,8 +414,7 @@ def main(argv: list[str] | None = None) -> None:
     budgets = (5, 10, 20) if args.quick else NFE_BUDGETS
     samples = 1000 if args.quick else args.samples
     results = accuracy(samples, args.projections, budgets, 1 if args.quick else args.noise_seeds, log=lambda m: print(m, flush=True))
-    shapes = {"benchmark_batch": (samples, 8), "tiny_batch": (4, 8), "image_batch": (16, 3, 32, 32)}
-    timing = step_overhead(shapes, args.timing_steps, 3 if args.quick else args.timing_repeats)
+    timing = step_overhead(timing_shapes(samples), args.timing_steps, 3 if args.quick else args.timing_repeats)
     for shape_name, t in timing.items():
         for row in t["pairs"]:
             print(f"timing {shape_name:15s} {row['ours']:22s} vs {row['diffusers']:31s} "
@@ -455,10 +465,7 @@ def main(argv: list[str] | None = None) -> None:
                        "model": "zero-cost (returns a constant tensor)",
                        "ours": "DiffusionModel.sample (grid, prediction conversion, sampling loop)",
                        "diffusers": "set_timesteps + scale_model_input + step per evaluation",
-                       "bar": "geometric mean over the five solver pairs of ours/diffusers seconds per evaluation "
-                              "(fastest of the interleaved repeats; the ratio of medians is reported beside it) on the tiny batch (4 x 8), where the per-step time is "
-                              "the solvers' fixed overhead; the larger batches, where elementwise work on the state "
-                              "counts too, are reported beside it (step_overhead)"},
+                       "bar": TIMING_BAR},
         },
         "results": results,
         "step_overhead": timing,
@@ -482,14 +489,11 @@ def retime(args: argparse.Namespace) -> None:
     path = RESULTS / f"{NAME}.json"
     payload = json.loads(path.read_text())
     load_before = os.getloadavg()
-    timing = step_overhead({"benchmark_batch": (args.samples, 8), "tiny_batch": (4, 8), "image_batch": (16, 3, 32, 32)},
-                           args.timing_steps, args.timing_repeats)
+    timing = step_overhead(timing_shapes(args.samples), args.timing_steps, args.timing_repeats)
     payload["step_overhead"] = timing
     payload["bars"] = [b for b in payload["bars"] if b["name"] != "step_overhead_ratio_vs_diffusers"] + [
         bar("step_overhead_ratio_vs_diffusers", timing["tiny_batch"]["geometric_mean_ratio"], "<=", 1.0)]
-    payload["settings"]["timing"]["bar"] = ("geometric mean over the five solver pairs of ours/diffusers seconds per "
-                                            "evaluation (fastest of the interleaved repeats; the ratio of medians is "
-                                            "reported beside it) on the tiny batch (4 x 8)")
+    payload["settings"]["timing"]["bar"] = TIMING_BAR
     payload["timing_rerun"] = {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
                                "load_average_1_5_15min": {"start": list(load_before), "end": list(os.getloadavg())},
                                "accuracy_run_date": payload["date"], "command": " ".join(["python", *sys.argv])}
