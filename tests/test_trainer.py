@@ -257,3 +257,22 @@ def test_nan_gradient_with_finite_loss_also_stops(tmp_path):
     with pytest.raises(TrainingDiverged, match=r"^training stopped: non-finite gradient norm \(nan\) at step 3; the last good checkpoint is .* \(step 2\)$"):
         Trainer(cfg, TrainSetup(model=model, dataset=ToyDataset(cfg.data))).fit()
     assert json.loads((tmp_path / "run" / "checkpoints" / "last" / "meta.json").read_text())["step"] == 2
+
+
+def test_atomic_path_replaces_on_success_and_leaves_nothing_on_error(tmp_path: Path) -> None:
+    from sciffusion.train.checkpoint import atomic_path
+
+    target = tmp_path / "out.png"
+    target.write_text("old")
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as tmp:
+            assert tmp.suffix == ".png" and tmp.parent == tmp_path
+            tmp.write_text("half")
+            raise RuntimeError("writer failed")
+    assert target.read_text() == "old" and sorted(p.name for p in tmp_path.iterdir()) == ["out.png"]
+    with atomic_path(target) as tmp:
+        tmp.write_text("new")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert target.read_text() == "new" and (target.stat().st_mode & 0o777) == (0o666 & ~umask)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.png"]

@@ -10,14 +10,14 @@ both written atomically.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from sciffusion.train.checkpoint import atomic_path
 
 from .expert import ExpertConfig, WaypointExpert
 from .maze import (
@@ -163,16 +163,8 @@ def _versions() -> dict[str, str]:
 
 def _atomic_write(path: Path, write) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    with atomic_path(path, suffix=".tmp") as tmp:
+        write(str(tmp))
 
 
 def save_maze_dataset(data: MazeDataset, stem: str | Path) -> tuple[Path, Path]:

@@ -1,12 +1,12 @@
 """Pictures: planned vs executed paths on the maze map, rollout GIFs (PointMaze and Push-T frames)."""
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+
+from sciffusion.train.checkpoint import atomic_path
 
 from .config import ForbiddenRegion
 from .maze import MazeSpec
@@ -29,15 +29,8 @@ def _draw_maze(ax, spec: MazeSpec, region: ForbiddenRegion | None = None) -> Non
 
 def _save(fig, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=path.suffix)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=110, bbox_inches="tight")
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def plot_maze_paths(spec: MazeSpec, paths: np.ndarray, plans: np.ndarray | None, goals: np.ndarray, out: str | Path,
@@ -110,15 +103,8 @@ def write_gif(frames: Sequence[np.ndarray], out: str | Path, fps: int = 10) -> P
 
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, suffix=".gif")
-    os.close(fd)
-    try:
+    with atomic_path(out, suffix=".gif") as tmp:
         imageio.mimsave(tmp, [np.asarray(f, dtype=np.uint8) for f in frames], duration=1.0 / fps, loop=0)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, out)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
     return out
 
 

@@ -1,8 +1,6 @@
 """Image grids as PNG."""
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import matplotlib
@@ -10,6 +8,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from torch import Tensor  # noqa: E402
+
+from sciffusion.train.checkpoint import atomic_path  # noqa: E402
 
 
 def save_grid(images: Tensor, path: str | Path, rows: int, title: str = "", row_labels: list[str] | None = None) -> Path:
@@ -30,9 +30,9 @@ def save_grid(images: Tensor, path: str | Path, rows: int, title: str = "", row_
     if title:
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    fd, tmp = tempfile.mkstemp(suffix=".png", dir=path.parent)
-    os.close(fd)
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=120)
+    finally:
+        plt.close(fig)
     return path

@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,7 +47,7 @@ from sciffusion.reps.series import (
     stitch_windows,
 )
 from sciffusion.tasks.impute import ImputationModel, sample_quantiles
-from sciffusion.train.checkpoint import write_json_atomic
+from sciffusion.train.checkpoint import atomic_path, write_json_atomic
 
 FIELD = "values"
 SERIES_META = "series.json"
@@ -356,14 +354,8 @@ def _match_features(series: Series, meta: SeriesMeta, source: str) -> Series:
 
 
 def _copy_atomic(source: Path, target: Path) -> None:
-    handle, temp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent if str(target.parent) else ".")
-    os.close(handle)
-    try:
+    with atomic_path(target, suffix=".tmp") as temp:
         shutil.copyfile(source, temp)
-        os.replace(temp, target)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
 
 
 def _cmd_impute(args: argparse.Namespace) -> int:
@@ -418,10 +410,8 @@ def _cmd_impute(args: argparse.Namespace) -> int:
     write_frame(out, output)
     if args.save_samples:
         samples_path = Path(args.save_samples)
-        handle, temp = tempfile.mkstemp(prefix=f".{samples_path.name}.", suffix=".npz", dir=samples_path.parent if str(samples_path.parent) else ".")
-        os.close(handle)
-        np.savez_compressed(temp, samples=imputation.samples.astype(np.float32), features=np.asarray(meta.features))
-        os.replace(temp, samples_path)
+        with atomic_path(samples_path, suffix=".npz") as temp:
+            np.savez_compressed(temp, samples=imputation.samples.astype(np.float32), features=np.asarray(meta.features))
     if plot_path is not None:
         plot_imputation(np.asarray(series.index), meta.features, observed, median, imputation.level(0.05),
                         imputation.level(0.95), chosen, plot_path,

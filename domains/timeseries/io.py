@@ -6,13 +6,13 @@ an empty cell / NaN is a missing value. Files are written atomically (temp file,
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from sciffusion.reps.series import Series, SeriesError
+from sciffusion.train.checkpoint import atomic_path
 
 SUFFIXES = (".csv", ".parquet", ".pq")
 
@@ -112,17 +112,11 @@ def write_frame(frame: pd.DataFrame, path: str | os.PathLike) -> None:
     folder = path.parent if str(path.parent) else Path(".")
     if not folder.is_dir():
         raise SeriesFileError(f"{path}: folder {folder} does not exist")
-    handle, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
-    os.close(handle)
-    try:
+    with atomic_path(path, suffix=".tmp") as temp:
         if suffix == ".csv":
             frame.to_csv(temp, index=False)
         else:
             frame.to_parquet(temp, index=False)
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
 
 
 def write_series(series: Series, path: str | os.PathLike) -> None:

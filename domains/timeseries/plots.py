@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
+
+from sciffusion.train.checkpoint import atomic_path
 
 
 def choose_features(observed: np.ndarray, count: int) -> list[int]:
@@ -46,13 +47,8 @@ def plot_imputation(x: np.ndarray, features: list[str], observed: np.ndarray, me
         axes[0, 0].set_title(title, fontsize=9)
     fig.autofmt_xdate()
     fig.tight_layout()
-    handle, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent if str(path.parent) else ".")
-    os.close(handle)
     try:
-        fig.savefig(temp, dpi=110)
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
+        with atomic_path(path, suffix=".png") as temp:
+            fig.savefig(temp, dpi=110)
     finally:
         plt.close(fig)

@@ -9,6 +9,7 @@ from typing import Any
 
 _EXPORTS = {
     "CheckpointError": "checkpoint",
+    "atomic_path": "checkpoint",
     "find_checkpoint": "checkpoint",
     "load_meta": "checkpoint",
     "load_module_weights": "checkpoint",

@@ -20,15 +20,18 @@ import json
 import os
 import platform
 import shutil
+import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 __all__ = [
+    "atomic_path",
     "CheckpointError",
     "find_checkpoint",
     "flatten_optimizer_state",
@@ -61,6 +64,27 @@ def _fsync_dir(path: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+@contextmanager
+def atomic_path(path: str | Path, suffix: str | None = None) -> Iterator[Path]:
+    """A temp file beside ``path`` for the caller to write; when the block ends it replaces ``path`` (with a new
+    file's usual mode, 0o666 less the umask), and if the block raises it is removed and ``path`` is left as it was.
+
+    ``suffix`` of the temp file defaults to ``path``'s (writers such as matplotlib pick the format from it).
+    """
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix if suffix is None else suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def write_text_atomic(path: str | Path, text: str) -> None:

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from sciffusion.config import ConfigError
+from sciffusion.train.checkpoint import atomic_path
 
 __all__ = ["METRIC_FIELDS", "MetricsLog", "plot_metrics"]
 
@@ -87,7 +88,8 @@ def plot_metrics(csv_path: str | Path, png_path: str | Path) -> None:
         ax.grid(alpha=0.3)
     fig.tight_layout()
     png_path = Path(png_path)
-    tmp = png_path.with_name(f".{png_path.stem}.tmp{os.getpid()}.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, png_path)
+    try:
+        with atomic_path(png_path, suffix=".png") as tmp:
+            fig.savefig(tmp, dpi=110)
+    finally:
+        plt.close(fig)
