@@ -58,7 +58,7 @@ PROCESSES: dict[str, Callable[[], GaussianProcess]] = {
 
 @dataclass(frozen=True)
 class OurConfig:
-    """One of our solvers on a chosen path and time grid (``shift``: the flow grid's SD3-style shift)."""
+    """One of our solvers on a chosen path and time grid (``shift``: of the ``shifted`` grid, ``rho``: of ``karras``)."""
 
     solver: str
     process: str
@@ -67,15 +67,14 @@ class OurConfig:
     rho: float = 7.0
 
     def make_process(self) -> GaussianProcess:
-        return FlowProcess(shift=self.shift) if self.process == "flow" else PROCESSES[self.process]()
+        return PROCESSES[self.process]()
 
     def time_grid(self, steps: int) -> Tensor:
-        return self.make_process().time_grid(steps, self.grid, rho=self.rho)
+        return self.make_process().time_grid(steps, self.grid, rho=self.rho, shift=self.shift)
 
     def label(self) -> str:
-        shift = f" shift {self.shift:g}" if self.shift != 1.0 else ""
-        rho = f" rho {self.rho:g}" if self.grid == "karras" else ""
-        return f"{self.process}{shift}, {self.grid}{rho} grid"
+        detail = {"karras": f" rho {self.rho:g}", "shifted": f" {self.shift:g}"}.get(self.grid, "")
+        return f"{self.process}, {self.grid}{detail} grid"
 
 
 # ddpm, ddim, euler, euler_maruyama, pc: chosen on an earlier pilot (other mixtures, other noise seeds) among
@@ -84,9 +83,9 @@ class OurConfig:
 OURS = (
     OurConfig("ddpm", "vp_cosine", "uniform"),
     OurConfig("ddim", "vp_linear", "uniform"),
-    OurConfig("dpmpp_2m", "flow", "uniform", shift=2.0),
+    OurConfig("dpmpp_2m", "flow", "shifted", shift=2.0),
     OurConfig("euler", "vp_linear", "uniform"),
-    OurConfig("heun", "flow", "uniform", shift=1.4),
+    OurConfig("heun", "flow", "shifted", shift=1.4),
     OurConfig("euler_maruyama", "vp_linear", "uniform"),
     OurConfig("pc", "flow", "uniform"),
 )
@@ -101,7 +100,7 @@ PILOT_MIXTURES = [dict(dim=2, components=8, seed=100 + i) for i in range(4)] + [
 PILOT_CANDIDATES = (
     [OurConfig("", p, g) for p in ("vp_linear", "vp_cosine", "edm", "flow") for g in ("uniform", "logsnr")]
     + [OurConfig("", p, "karras", rho=r) for p in ("vp_linear", "vp_cosine", "edm", "flow") for r in (3.0, 5.0, 7.0)]
-    + [OurConfig("", "flow", "uniform", shift=sh) for sh in (0.7, 1.4, 2.0, 3.0, 4.0)]
+    + [OurConfig("", p, "shifted", shift=sh) for p in ("vp_linear", "vp_cosine", "edm", "flow") for sh in (1.4, 2.0, 3.0)]
 )
 
 
@@ -451,7 +450,7 @@ def main(argv: list[str] | None = None) -> None:
             "load_average_1_5_15min": {"start": list(load_before), "end": list(os.getloadavg()),
                                        "note": "2-core machine shared with other jobs: timings and runtime are inflated "
                                                "and noisy; the timing ratios interleave ours and diffusers' runs"},
-            "ours": {c.solver: {"process": c.process, "grid": c.grid, "flow_shift": c.shift} for c in OURS},
+            "ours": {c.solver: {"process": c.process, "grid": c.grid, "shift": c.shift} for c in OURS},
             "ours_selection": PILOT_NOTE,
             "processes": {"vp_linear": "VPProcess('linear'), betas 1e-4..0.02, T=1000",
                           "vp_cosine": "VPProcess('cosine'), T=1000", "edm": "EDMProcess(sigma_max=80, sigma_min=0.002)",

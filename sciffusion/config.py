@@ -90,7 +90,7 @@ class LossConfig:
 
     weighting: Literal["uniform", "min_snr", "edm"] = "uniform"
     min_snr_gamma: float = 5.0
-    time_sampler: Literal["uniform", "logit_normal", "log_normal"] = "uniform"
+    time_sampler: Literal["uniform", "logit_normal", "log_normal", "discrete"] = "uniform"
     logit_normal_mean: float = 0.0
     logit_normal_std: float = 1.0
     log_normal_mean: float = -1.2

@@ -38,7 +38,7 @@ class DiffusionModel(nn.Module):
         processes: field name -> process. All fields share the diffusion time ``t``.
         weighting: ``uniform`` | ``min_snr`` | ``edm`` (see :mod:`sciffusion.processes.weighting`).
         min_snr_gamma: gamma of Min-SNR weighting.
-        time_sampler: ``uniform`` | ``logit_normal`` | ``log_normal``; default: the first process's.
+        time_sampler: ``uniform`` | ``logit_normal`` | ``log_normal`` | ``discrete`` (VP: the schedule's knots); default: the first process's.
         time_loc, time_scale: location / scale of the (logit|log)-normal time sampler.
         cond_drop_prob: probability of dropping the condition in training (classifier-free guidance).
     """

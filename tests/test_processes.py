@@ -274,6 +274,19 @@ def test_logsnr_grid_is_uniform_in_log_snr() -> None:
     assert torch.allclose(steps, steps.mean().expand_as(steps), rtol=1e-9)
 
 
+def test_shifted_grid_carries_the_flow_shift_to_any_path() -> None:
+    steps, shift = 10, 2.0
+    on_flow = FlowProcess().time_grid(steps, "shifted", shift=shift)
+    assert torch.allclose(on_flow, FlowProcess(shift=shift).time_grid(steps, "uniform"), atol=1e-12)  # SD3's shift
+    u = torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64)[1:-1]
+    for process in (VPProcess("linear"), EDMProcess()):
+        grid = process.time_grid(steps, "shifted", shift=shift)
+        assert grid.shape == (steps + 1,) and float(grid[0]) == 1.0 and float(grid[-1]) == 0.0
+        assert bool((grid[1:] < grid[:-1]).all())
+        alpha, sigma = process.alpha_sigma(grid[1:-1])
+        assert torch.allclose(sigma / alpha, shift * u / (1 - u), rtol=1e-6)
+
+
 @pytest.mark.parametrize("sampler", ["uniform", "logit_normal", "log_normal"])
 def test_training_times_lie_in_range(sampler: str) -> None:
     for process in (VPProcess(), EDMProcess(), FlowProcess()):
@@ -282,6 +295,20 @@ def test_training_times_lie_in_range(sampler: str) -> None:
         assert float(t.min()) >= process.t_min - 1e-7 and float(t.max()) <= 1.0
     flow_t = FlowProcess().sample_time(20_000, StepRandom(1, 0), "logit_normal")
     assert abs(float(torch.logit(flow_t.double()).mean())) < 0.05  # logit-normal(0, 1)
+
+
+def test_discrete_training_times_are_the_schedules_knots() -> None:
+    process = VPProcess("quad", num_train_steps=50, beta_start=1e-4, beta_end=0.5)
+    t = process.sample_time(20_000, StepRandom(2, 0), "discrete")
+    index = t.double() * 50 - 1  # t = (k + 1) / T for the DDPM index k
+    assert torch.allclose(index, index.round(), atol=1e-4)
+    counts = torch.bincount(index.round().long(), minlength=50)
+    assert counts.shape == (50,) and int(counts.min()) > 0.8 * 400 and int(counts.max()) < 1.2 * 400  # uniform over 0..49
+    # at a knot the interpolated schedule is exactly the discrete one
+    alpha, _ = process.alpha_sigma(t[:5].double())
+    assert torch.allclose(alpha**2, process.alphas_cumprod[index[:5].round().long()], rtol=1e-6)
+    with pytest.raises(ValueError, match="discrete schedule"):
+        FlowProcess().sample_time(4, StepRandom(0, 0), "discrete")
 
 
 def test_prior_scale() -> None:

@@ -121,11 +121,13 @@ class GaussianProcess:
         return to_x0_eps(pred, self.prediction, x_t, self.coefficients(t, x_t, index))
 
     # -- sampling -------------------------------------------------------------------------------
-    def time_grid(self, steps: int, kind: str | None = None, rho: float = 7.0) -> Tensor:
+    def time_grid(self, steps: int, kind: str | None = None, rho: float = 7.0, shift: float = 1.0) -> Tensor:
         """Decreasing times ``(steps + 1,)`` from the prior to ``t = 0`` for a solver.
 
         ``uniform`` (in t), ``logsnr`` (uniform in log-SNR), ``karras`` (Karras et al. rho-spacing of
-        sigma / alpha).
+        sigma / alpha), ``shifted``: the noise levels ``sigma / alpha = shift * u / (1 - u)`` for ``u``
+        uniform in ``(0, 1)``, i.e. the levels of a ``shift``-ed uniform flow-matching grid (SD3) on any
+        path (on the flow path itself it is that grid); the first time is always ``t = 1``.
         """
         kind = kind or self.default_grid
         if steps < 1:
@@ -133,6 +135,12 @@ class GaussianProcess:
         t_max, t_end = 1.0, self.t_min
         if kind == "uniform":
             return torch.cat([torch.linspace(t_max, 0.0, steps + 1, dtype=torch.float64)])
+        if kind == "shifted":
+            if shift <= 0:
+                raise ValueError(f"grid shift must be > 0, got {shift}")
+            u = torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64)[1:-1]
+            inner = self._t_from_scaled_sigma(shift * u / (1 - u)).clamp(max=t_max)
+            return torch.cat([torch.full((1,), t_max, dtype=torch.float64), inner, torch.zeros(1, dtype=torch.float64)])
         if kind in ("logsnr", "karras"):
             lo, hi = self._scaled_sigma(t_end), self._scaled_sigma(t_max)
             if not math.isfinite(hi):  # alpha(1) = 0 (flow, zero terminal SNR): space from the last finite level
@@ -145,7 +153,7 @@ class GaussianProcess:
             ts = self._t_from_scaled_sigma(u)
             ts[0] = t_max
             return torch.cat([ts, torch.zeros(1, dtype=torch.float64)])
-        raise ValueError(f"unknown time grid '{kind}' (known: uniform, logsnr, karras)")
+        raise ValueError(f"unknown time grid '{kind}' (known: uniform, logsnr, karras, shifted)")
 
     def _scaled_sigma(self, t: float) -> float:
         alpha, sigma = self.alpha_sigma(torch.tensor([t], dtype=torch.float64))
@@ -188,7 +196,9 @@ class GaussianProcess:
             return torch.sigmoid(loc + scale * rng.randn(batch, dtype=torch.float64)).clamp(self.t_min, 1.0).float()
         if sampler == "log_normal":
             return self._t_from_log_sigma(loc + scale * rng.randn(batch, dtype=torch.float64)).float()
-        raise ValueError(f"unknown time sampler '{sampler}' (known: uniform, logit_normal, log_normal)")
+        if sampler == "discrete":
+            raise ValueError(f"the 'discrete' time sampler needs a process with a discrete schedule (vp), not {self.name}")
+        raise ValueError(f"unknown time sampler '{sampler}' (known: uniform, logit_normal, log_normal, discrete)")
 
     def _t_from_log_sigma(self, log_sigma: Tensor) -> Tensor:
         return self._t_from_scaled_sigma(log_sigma.exp()).clamp(self.t_min, 1.0)
@@ -272,6 +282,14 @@ class VPProcess(GaussianProcess):
         sigma = (1 - alpha**2).clamp_min(1e-30).sqrt()
         return d_alpha.to(t.dtype), (-alpha * d_alpha / sigma).to(t.dtype)
 
+    def sample_time(self, batch: int, rng: StepRandom, sampler: str | None = None, loc: float = 0.0, scale: float = 1.0) -> Tensor:
+        """As :meth:`GaussianProcess.sample_time`, plus ``discrete``: the schedule's own times ``k / T``,
+        ``k`` uniform in ``1..T`` (DDPM's and CSDI's training), where ancestral sampling evaluates the net."""
+        if sampler == "discrete":
+            k = torch.floor(rng.rand(batch, dtype=torch.float64) * self.num_train_steps).clamp(max=self.num_train_steps - 1)
+            return self.t_from_index(k).float()
+        return super().sample_time(batch, rng, sampler, loc, scale)
+
     def t_from_index(self, k: Tensor) -> Tensor:
         """Discrete DDPM index (0-based) -> continuous time."""
         return (k.double() + 1) / self.num_train_steps
@@ -287,11 +305,11 @@ class VPProcess(GaussianProcess):
             return torch.linspace(0, T - 1, steps, dtype=torch.float64).round().flip(0)
         raise ValueError(f"unknown spacing '{spacing}' (known: leading, trailing, linspace)")
 
-    def time_grid(self, steps: int, kind: str | None = None, rho: float = 7.0) -> Tensor:
+    def time_grid(self, steps: int, kind: str | None = None, rho: float = 7.0, shift: float = 1.0) -> Tensor:
         kind = kind or self.default_grid
         if kind in ("leading", "trailing", "linspace"):
             return torch.cat([self.t_from_index(self.index_grid(steps, kind)), torch.zeros(1, dtype=torch.float64)])
-        return super().time_grid(steps, kind, rho)
+        return super().time_grid(steps, kind, rho, shift)
 
 
 @PROCESSES.register("vp", config=VPConfig, help="variance preserving (DDPM): linear/cosine/quad/custom betas")
@@ -425,8 +443,8 @@ class FlowProcess(GaussianProcess):
     def _t_from_scaled_sigma(self, target: Tensor) -> Tensor:
         return target / (1 + target)
 
-    def time_grid(self, steps: int, kind: str | None = None, rho: float = 7.0) -> Tensor:
-        ts = super().time_grid(steps, kind, rho)
+    def time_grid(self, steps: int, kind: str | None = None, rho: float = 7.0, shift: float = 1.0) -> Tensor:
+        ts = super().time_grid(steps, kind, rho, shift)
         return self.shift * ts / (1 + (self.shift - 1) * ts)
 
     def ode_coords(self, t: Tensor) -> tuple[Tensor, Tensor]:
