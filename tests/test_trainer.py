@@ -1,4 +1,4 @@
-"""Trainer: LR schedule, EMA, deterministic batches, exact resume after SIGKILL, NaN stop."""
+"""Trainer: LR schedule, EMA, deterministic batches, exact resume after SIGKILL, clean stop on SIGTERM, NaN stop."""
 from __future__ import annotations
 
 import csv
@@ -184,6 +184,48 @@ def test_resume_after_sigkill_equals_uninterrupted_run(tmp_path):
     for key in full:
         assert torch.equal(full[key], resumed[key]), key
     assert _losses(tmp_path / "killed") == _losses(tmp_path / "full")  # rows past the kill were dropped
+
+
+def test_sigterm_finishes_the_step_saves_it_and_resume_equals_uninterrupted(tmp_path):
+    settings = dict(data={"step_sleep": 0.05}, trainer={"max_steps": 60, "checkpoint_every": 1000, "log_every": 1})
+    full_cfg = write_toy_config(tmp_path / "full.yaml", tmp_path / "full", **settings)
+    stopped_cfg = write_toy_config(tmp_path / "stopped.yaml", tmp_path / "stopped", **settings)
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, str(REPO / "tests" / "_toy_domain.py"), "train", str(stopped_cfg)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    train(load_config(full_cfg))
+    metrics = tmp_path / "stopped" / "metrics.csv"
+    deadline = time.time() + 90
+    while time.time() < deadline and proc.poll() is None:
+        if metrics.is_file() and len(metrics.read_text().splitlines()) > 5:
+            break
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr.decode()
+    assert "stopped by SIGTERM after step" in stderr.decode()
+    stopped_at = json.loads((tmp_path / "stopped" / "checkpoints" / "last" / "meta.json").read_text())["step"]
+    assert 5 <= stopped_at < 60 and _losses(tmp_path / "stopped")[-1][0] == stopped_at  # no step lost
+
+    result = train(load_config(stopped_cfg), resume=True)
+    assert result.resumed_from == stopped_at and result.step == 60
+    full, resumed = _checkpoint_tensors(tmp_path / "full"), _checkpoint_tensors(tmp_path / "stopped")
+    for key in full:
+        assert torch.equal(full[key], resumed[key]), key
+
+
+def test_stop_request_leaves_ignored_signals_ignored():
+    from sciffusion.train.trainer import StopRequest
+
+    before = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        stop = StopRequest().install()
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN  # a background job's SIGINT stays ignored
+        assert signal.getsignal(signal.SIGTERM) == stop._handle
+        stop.restore()
+        assert signal.getsignal(signal.SIGTERM) is not stop._handle
+    finally:
+        signal.signal(signal.SIGINT, before)
 
 
 def test_existing_run_needs_resume_and_a_matching_model(tmp_path, capsys):

@@ -4,7 +4,8 @@ It trains any ``torch.nn.Module`` with ``training_loss(batch, rng) -> scalar ten
 linear warm-up and cosine decay, gradient clipping, an EMA copy (``torch.optim.swa_utils``),
 autocast where the device supports it, deterministic batches and per-step randomness, a progress
 bar, ``metrics.csv`` (+ optional TensorBoard), periodic sampling, atomic safetensors checkpoints,
-exact resume, NaN/Inf detection, and DistributedDataParallel under ``torchrun``.
+exact resume, NaN/Inf detection, a clean stop on SIGINT / SIGTERM (the current step finishes, a
+checkpoint is saved, then :class:`KeyboardInterrupt` is raised), and DistributedDataParallel under ``torchrun``.
 
 Steps are counted from 1. Step ``s`` uses the batch :class:`StepBatchSampler` assigns to ``s``,
 the random numbers of ``StepRandom(seed, s, rank, world)`` and ``torch.manual_seed`` of
@@ -17,6 +18,8 @@ import contextlib
 import logging
 import math
 import random
+import signal
+import threading
 import time
 import warnings
 from dataclasses import dataclass
@@ -49,6 +52,35 @@ from sciffusion.train.logs import MetricsLog, plot_metrics
 
 if TYPE_CHECKING:
     from sciffusion.domain import TrainSetup
+
+
+class StopRequest:
+    """Once installed, SIGINT and SIGTERM only set :attr:`signum`; the training loop then finishes its step, saves
+    a checkpoint and stops. A second signal gets the previous handler (e.g. an immediate KeyboardInterrupt).
+    Signals the process ignores (a background job's SIGINT) stay ignored; outside the main thread it does nothing."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def install(self) -> StopRequest:
+        if threading.current_thread() is threading.main_thread():
+            for sig in self.SIGNALS:
+                if signal.getsignal(sig) is not signal.SIG_IGN:
+                    self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.signum = signum
+        self.restore()
+
+    def restore(self) -> None:
+        """Put the previous handlers back."""
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
 
 __all__ = ["ResumeError", "TrainResult", "Trainer", "TrainingDiverged", "check_run_dir", "ema_decay_at", "lr_at", "seed_everything", "step_seed", "train"]
 
@@ -305,6 +337,7 @@ class Trainer:
         last_plot = time.perf_counter()
         loss_value = float("nan")
         self.model.train()
+        stop = StopRequest().install()
         try:
             for step, batch in zip(range(start + 1, tc.max_steps + 1), loader):
                 lr = lr_at(step, tc)
@@ -324,9 +357,11 @@ class Trainer:
                 else:
                     loss.backward()
                 grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
-                stats = torch.stack([loss.detach().float(), grad_norm.detach().float().to(loss.device)])
-                loss_value = all_reduce_mean(stats[:1].clone(), info).item()
-                norm_value = stats[1].item()
+                # the loss is averaged over ranks together with "a stop was requested", so that all ranks stop at one step
+                shared = torch.stack([loss.detach().float(), torch.tensor(float(stop.signum is not None), device=loss.device)])
+                shared = all_reduce_mean(shared, info)
+                loss_value, stop_now = shared[0].item(), shared[1].item() > 0
+                norm_value = grad_norm.detach().float().item()
                 bad = None
                 if not math.isfinite(loss_value):
                     bad = f"non-finite loss ({loss_value})"
@@ -368,7 +403,19 @@ class Trainer:
                     barrier(info)
                     last_ckpt_step = step
                 window_start += time.perf_counter() - pause_start
+                if stop_now:
+                    if last_ckpt_step != step:
+                        if main:
+                            self._save()
+                        barrier(info)
+                        last_ckpt_step = step
+                    if main:
+                        why = signal.Signals(stop.signum).name if stop.signum is not None else "a signal to another rank"
+                        log.warning("stopped by %s after step %d; checkpoint saved in %s (continue with --resume)",
+                                    why, step, self.run_dir / "checkpoints" / "last")
+                    raise KeyboardInterrupt
         finally:
+            stop.restore()
             bar.close()
             if metrics is not None:
                 metrics.close()
