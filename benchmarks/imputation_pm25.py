@@ -178,11 +178,15 @@ def phase_pilot(args) -> None:
     reference = found[solver_label("ddpm", 50, 0.0)]["crps"]
     for row in found.values():
         row["crps_ratio_vs_ancestral50"] = row["crps"] / reference
+    fast = {name: row for name, row in found.items() if name != solver_label("ddpm", 50, 0.0)}
+    chosen = min(fast, key=lambda name: fast[name]["crps"])
     meta = json.loads((Path(args.run_dir) / "checkpoints" / "last" / "meta.json").read_text())
     write_results("imputation_pm25_pilot", {
         "torch_threads": args.threads, "run": {"config": str(CONFIG.relative_to(ROOT)), "checkpoint_step": int(meta["step"])},
         "windows": {"month": 1, "rows": rows, "targets": int(stack["target_mask"][rows].sum())},
-        "samples": args.samples, "solvers": found}, packages=("sciffusion", "torch", "numpy", "pandas"))
+        "samples": args.samples, "solvers": found,
+        "chosen": {"solver": chosen, "rule": "the lowest CRPS among the <= 10-NFE candidates; the config's sample section is set to it"}},
+        packages=("sciffusion", "torch", "numpy", "pandas"))
 
 
 def phase_rss_full(args) -> None:
