@@ -10,6 +10,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Iterable
 
+from sciffusion.train.checkpoint import atomic_path
+
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
@@ -62,7 +64,6 @@ def write_results(name: str, payload: dict[str, Any], packages: Iterable[str] = 
     body = {"benchmark": name, "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), "machine": machine(),
             "versions": versions(packages), **payload}
     path = RESULTS / f"{name}.json"
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(body, indent=2, default=float) + "\n")
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(body, indent=2, default=float) + "\n")
     return path

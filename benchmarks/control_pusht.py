@@ -85,9 +85,9 @@ def main() -> None:
     run_dir = Path(args.run_dir)
     gif = Path(args.gif).resolve()
     overrides = [] if args.max_steps is None else [f"trainer.max_steps={args.max_steps}"]
-    training: dict[str, Any] = {"budget_minutes": args.budget_min, "overrides": overrides,
-                                "load_average_1_5_15_before": [round(x, 2) for x in os.getloadavg()]}
-    if not args.reuse:
+    training: dict[str, Any] = {"overrides": overrides, "load_average_1_5_15_before": [round(x, 2) for x in os.getloadavg()]}
+    if not args.reuse:  # a reused run records only what it knows: its command (--train-command) and its checkpoint
+        training["budget_minutes"] = args.budget_min
         training.update(train_with_budget(Path(args.config), run_dir, int(args.budget_min * 60), overrides))
         training["load_average_1_5_15_after"] = [round(x, 2) for x in os.getloadavg()]
     elif args.train_command:

@@ -165,7 +165,8 @@ def phase_pilot(args) -> None:
 
     torch.set_num_threads(args.threads)
     data, stack = validation_windows()
-    rows = list(range(0, stack["values"].shape[0], max(1, stack["values"].shape[0] // 4)))[:4]
+    total = stack["values"].shape[0]
+    rows = list(range(total)) if not args.pilot_windows else list(range(0, total, max(1, total // args.pilot_windows)))[:args.pilot_windows]
     model = load_run(args.run_dir, device="cpu").model
     found = {}
     for solver, steps, eta in PILOT_SOLVERS:
@@ -457,9 +458,10 @@ def main() -> None:
     parser.add_argument("--compare-per-month", type=int, default=3)
     parser.add_argument("--large-per-month", type=int, default=6)
     parser.add_argument("--timing-rounds", type=int, default=3, help="rounds of (fast, ancestral) in the timing phase")
-    parser.add_argument("--max-batch", type=int, default=400, help="series per network batch (bounds peak memory)")
+    parser.add_argument("--max-batch", type=int, default=None, help="series per network batch (default: the config's sample.batch_size)")
     parser.add_argument("--pypots-chunk", type=int, default=160, help="windows per one-epoch PyPOTS fit call (10 steps)")
     parser.add_argument("--pypots-path", default=None, help="extra sys.path entry for PyPOTS' own dependencies")
+    parser.add_argument("--pilot-windows", type=int, default=0, help="validation windows of the pilot, evenly spaced (0: all)")
     parser.add_argument("--run-dir", default=None)
     args = parser.parse_args()
     from sciffusion.config import load_config
@@ -468,6 +470,7 @@ def main() -> None:
     args.fast_solver = args.fast_solver or sample.solver
     args.fast_steps = args.fast_steps or sample.steps
     args.fast_eta = sample.eta if args.fast_eta is None else args.fast_eta
+    args.max_batch = args.max_batch or sample.batch_size
     args.work = args.work or tempfile.mkdtemp(prefix="imputation_pm25_")
     Path(args.work).mkdir(parents=True, exist_ok=True)
     _, windows, _ = test_windows()

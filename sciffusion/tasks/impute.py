@@ -55,8 +55,10 @@ class ImputationModel(nn.Module):
                steps: int = 50, eta: float = 0.0, max_batch: int = 2048, generator: torch.Generator | None = None) -> Tensor:
         """Samples of every window, conditioned on its ``cond_mask`` entries.
 
-        All ``n_samples`` samples of a window are drawn together; windows are processed in chunks so
-        that one network batch holds at most ``max(max_batch, n_samples)`` series.
+        The ``B * n_samples`` (window, sample) series are sampled together in network batches of at most
+        ``max_batch`` series (window-major order), so peak memory is bounded and a window's samples share a
+        batch up to that size. On a GPU a large ``max_batch`` is fastest; on a CPU a batch that fits the
+        caches is (the attention maps of a batch grow with its size; see the configs' ``sample.batch_size``).
 
         Args:
             values: ``(B, K, L)`` normalised values (anything where ``cond_mask`` is 0).
@@ -68,21 +70,20 @@ class ImputationModel(nn.Module):
         """
         if n_samples < 1:
             raise ValueError(f"n_samples must be >= 1, got {n_samples}")
+        if max_batch < 1:
+            raise ValueError(f"max_batch must be >= 1, got {max_batch}")
         device = next(self.parameters()).device
+        windows, features, length = values.shape
         out = []
-        for rows in _chunks(values.shape[0], max(1, max_batch // n_samples)):
-            v = values[rows].to(device)
-            m = cond_mask[rows].to(device=device, dtype=v.dtype)
-            v = v * m
-            # window-major rows: the n_samples copies of window i are rows i * S .. (i + 1) * S - 1
-            cond = {"cond_values": v.repeat_interleave(n_samples, dim=0), "cond_mask": m.repeat_interleave(n_samples, dim=0),
-                    "time": time[rows].to(device).repeat_interleave(n_samples, dim=0)}
-            keep = Inpaint(values={self.field: cond["cond_values"]}, mask={self.field: cond["cond_mask"]}, noise_known=False)
-            x = self.diffusion.sample(shapes={self.field: tuple(cond["cond_values"].shape)}, cond=cond, solver=solver,
+        for rows in _chunks(windows * n_samples, max_batch):
+            window = torch.arange(rows.start, rows.stop) // n_samples  # row r is sample r % S of window r // S
+            m = cond_mask[window].to(device=device, dtype=values.dtype)
+            cond = {"cond_values": values[window].to(device) * m, "cond_mask": m, "time": time[window].to(device)}
+            keep = Inpaint(values={self.field: cond["cond_values"]}, mask={self.field: m}, noise_known=False)
+            x = self.diffusion.sample(shapes={self.field: (len(window), features, length)}, cond=cond, solver=solver,
                                       steps=steps, eta=eta, constraints=[keep], generator=generator)[self.field]
-            x = torch.where(cond["cond_mask"].bool(), cond["cond_values"], x)
-            out.append(x.reshape(len(v), n_samples, *v.shape[1:]).transpose(0, 1).cpu())
-        return torch.cat(out, dim=1)
+            out.append(torch.where(m.bool(), cond["cond_values"], x).cpu())
+        return torch.cat(out).reshape(windows, n_samples, features, length).transpose(0, 1)
 
 
 def _chunks(total: int, size: int) -> Iterator[slice]:
