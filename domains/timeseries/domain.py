@@ -189,8 +189,9 @@ def impute_series(model: ImputationModel, series: Series, cond: np.ndarray, meta
     """Sample the entries of ``series`` not in ``cond`` ``(K, N)`` and summarise them.
 
     The series is cut into non-overlapping windows of the trained length (the last one aligned to
-    the end); windows are sampled ``windows_per_chunk`` at a time so memory stays bounded, all
-    ``n_samples`` samples of a window in one batch. The 5%, 50% and 95% levels are always computed.
+    the end); windows are sampled ``windows_per_chunk`` at a time so memory stays bounded, their
+    ``n_samples`` samples in network batches of ``max_batch`` series (:meth:`ImputationModel.impute`).
+    The 5%, 50% and 95% levels are always computed.
     """
     levels = sorted(set(levels) | {0.05, 0.5, 0.95})
     windows = SeriesWindows([series], meta.normalizer, meta.window, stride=meta.window, cond_masks=[cond], step=meta.step)

@@ -3,7 +3,7 @@
 Wraps a :class:`~sciffusion.model.DiffusionModel` whose network takes the conditioning as
 ``cond = {"cond_values", "cond_mask", "time"}`` (e.g. the ``csdi`` net). Training hides observed
 entries chosen by a mask function and scores only those; sampling draws ``n`` samples of every
-window in one batch with any core solver and keeps the conditioning entries exactly (an
+window, batched together (``max_batch`` series per network call), with any core solver and keeps the conditioning entries exactly (an
 :class:`~sciffusion.guidance.Inpaint` constraint).
 
 Batch format of :meth:`ImputationModel.training_loss` (what :class:`sciffusion.reps.series.SeriesWindows` yields)::
