@@ -22,7 +22,7 @@ fast-solver CRPS and coverage bars then use the whole test set. Interpolation an
 set and the subsets. A last phase imputes all 82 test windows with 100
 samples through the same chunked pipeline (1 solver step) to measure peak memory. Usage::
 
-    python benchmarks/imputation_pm25.py [--budget-min 50] [--pypots-path DIR] [--work DIR]
+    python benchmarks/imputation_pm25.py [--budget-min 50] [--full-test] [--pypots-path DIR] [--work DIR]
     python benchmarks/imputation_pm25.py --phase pilot --work DIR --run-dir DIR/ours_run   # choose the fast solver
     python benchmarks/imputation_pm25.py --phase report --work DIR     # rebuild the JSON from DIR
 
@@ -167,11 +167,13 @@ def validation_windows():
 CRPS_RATIO_LIMIT = 1.03  # the fast-solver bar: CRPS at most 3% above 50-step ancestral sampling
 
 
-def choose_fast_solver(found: dict[str, dict]) -> tuple[str, str]:
-    """The pilot's rule: the lowest CRPS among the <= 10-NFE candidates on the validation windows."""
+PILOT_RULE = "the lowest CRPS among the <= 10-NFE candidates; the config's sample section is set to it"
+
+
+def choose_fast_solver(found: dict[str, dict]) -> str:
+    """:data:`PILOT_RULE` applied to the pilot's scores (label -> metrics)."""
     fast = {name: row for name, row in found.items() if name != solver_label("ddpm", 50, 0.0)}
-    return min(fast, key=lambda name: fast[name]["crps"]), ("the lowest CRPS among the <= 10-NFE candidates; the config's "
-                                                             "sample section is set to it")
+    return min(fast, key=lambda name: fast[name]["crps"])
 
 
 def phase_pilot(args) -> None:
@@ -196,13 +198,13 @@ def phase_pilot(args) -> None:
     reference = found[solver_label("ddpm", 50, 0.0)]["crps"]
     for row in found.values():
         row["crps_ratio_vs_ancestral50"] = row["crps"] / reference
-    chosen, rule = choose_fast_solver(found)
+    chosen = choose_fast_solver(found)
     meta = json.loads((Path(args.run_dir) / "checkpoints" / "last" / "meta.json").read_text())
     write_results("imputation_pm25_pilot", {
         "torch_threads": args.threads, "run": {"config": str(CONFIG.relative_to(ROOT)), "checkpoint_step": int(meta["step"])},
         "windows": {"month": 1, "rows": rows, "targets": int(stack["target_mask"][rows].sum())},
         "samples": args.samples, "solvers": found,
-        "chosen": {"solver": chosen, "rule": rule}},
+        "chosen": {"solver": chosen, "rule": PILOT_RULE}},
         packages=("sciffusion", "torch", "numpy", "pandas"))
 
 
@@ -249,6 +251,30 @@ def phase_timing(args) -> None:
     info = {"windows": len(rows), "samples": args.samples, "order": [solver_label(*o) for o in order], "seconds": runs,
             "statistic": "fastest run of each"}
     (Path(args.work) / "timing.json").write_text(json.dumps(info))
+
+
+BATCH_SIZES = (400, 100, 25)  # series per network batch compared by phase_batch_timing
+
+
+def phase_batch_timing(args) -> None:
+    """Per-window time of the fast solver on one window with ``args.samples`` samples at several network batch sizes,
+    two interleaved rounds, fastest of each: why the CPU config samples in small batches."""
+    from sciffusion.domain import load_run
+
+    torch.set_num_threads(args.threads)
+    _, _, stack = test_windows()
+    model = load_run(args.run_dir, device="cpu").model
+    rows = args.compare[:1]
+    runs: dict[str, list[float]] = {}
+    for size in BATCH_SIZES * 2:
+        start = time.perf_counter()
+        model.impute(stack["values"][rows], stack["cond_mask"][rows], stack["time"][rows], args.samples, args.fast_solver,
+                     args.fast_steps, eta=args.fast_eta, max_batch=size, generator=torch.Generator().manual_seed(0))
+        runs.setdefault(str(size), []).append(time.perf_counter() - start)
+        print(f"batch {size}: {runs[str(size)][-1]:.1f} s", flush=True)
+    info = {"solver": solver_label(args.fast_solver, args.fast_steps, args.fast_eta), "windows": len(rows),
+            "samples": args.samples, "seconds_by_max_batch": runs, "statistic": "fastest run of each"}
+    (Path(args.work) / "batch_timing.json").write_text(json.dumps(info))
 
 
 def phase_pypots(args) -> None:
@@ -385,6 +411,8 @@ def report(args, ours_train: dict) -> dict:
     t_fast = ours[fast_key]["seconds"] / ours[fast_key]["windows"]
     timing_path = work / "timing.json"
     timing = json.loads(timing_path.read_text()) if timing_path.is_file() else None
+    batch_timing_path = work / "batch_timing.json"
+    batch_timing = json.loads(batch_timing_path.read_text()) if batch_timing_path.is_file() else None
     if timing is not None:  # back-to-back measurement under the same load wins over the sequential subset runs
         fast_name = solver_label(ours[fast_key]["solver"], ours[fast_key]["steps"], ours[fast_key].get("eta", 0.0))
         speedup = float(np.min(timing["seconds"][solver_label("ddpm", 50, 0.0)]) / np.min(timing["seconds"][fast_name]))
@@ -440,8 +468,8 @@ def report(args, ours_train: dict) -> dict:
             "coverage_bars_from": coverage_key,
             "fast_solver_crps_bar_from": list(fast_bar_keys),
             "full_test_set": {"windows": len(everything), "targets": int(stack["target_mask"].sum())} if full else None,
-            "why_subsets": "100 samples x 50 steps per window is ~5,000 network calls per window; on 2 shared CPU cores the "
-                           "whole test set (82 windows) does not fit the session, so models are compared on fixed subsets",
+            "why_subsets": "100 samples x 50 steps per window is ~5,000 network calls per window; on 2 shared CPU cores "
+                           "PyPOTS and ours are compared on a fixed subset; --full-test samples ours on the whole test set",
         },
         "results": {
             **res,
@@ -456,6 +484,7 @@ def report(args, ours_train: dict) -> dict:
                     for name in ("fast", "ancestral")} if full else {}),
                 "pypots_seconds_per_window": pyp["impute_seconds"] / pyp["windows"],
                 "back_to_back_timing": timing,
+                "fast_solver_by_network_batch": batch_timing,
                 "speedup_note": "the speedup bar uses back_to_back_timing when present (same load for both solvers, fastest run of each); "
                                 "the per-window subset timings above ran one after the other while the machine's load changed",
             },
@@ -475,7 +504,7 @@ def report(args, ours_train: dict) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--phase", choices=["all", "pilot", "ours_eval", "pypots", "timing", "rss_full", "report"], default="all",
+    parser.add_argument("--phase", choices=["all", "pilot", "ours_eval", "pypots", "timing", "batch_timing", "rss_full", "report"], default="all",
                         help="all: the whole benchmark; report: rebuild the JSON from --work")
     parser.add_argument("--work", default=None, help="scratch folder (default: a new temp folder)")
     parser.add_argument("--budget-min", type=float, default=50.0, help="training wall-clock minutes for each model")
@@ -491,7 +520,7 @@ def main() -> None:
     parser.add_argument("--pypots-chunk", type=int, default=160, help="windows per one-epoch PyPOTS fit call (10 steps)")
     parser.add_argument("--pypots-path", default=None, help="extra sys.path entry for PyPOTS' own dependencies")
     parser.add_argument("--full-test", action="store_true", help="also sample all 82 test windows with the fast solver and "
-                        "with 50-step ancestral sampling (~45 min on one core); the fast-solver and coverage bars then use them")
+                        "with 50-step ancestral sampling (about an hour on one core); the fast-solver and coverage bars then use them")
     parser.add_argument("--pilot-windows", type=int, default=0, help="validation windows of the pilot, evenly spaced (0: all)")
     parser.add_argument("--run-dir", default=None)
     args = parser.parse_args()
@@ -515,6 +544,8 @@ def main() -> None:
         return phase_pypots(args)
     if args.phase == "rss_full":
         return phase_rss_full(args)
+    if args.phase == "batch_timing":
+        return phase_batch_timing(args)
     if args.phase == "timing":
         return phase_timing(args)
     if args.phase == "report":
@@ -528,6 +559,7 @@ def main() -> None:
     wait(ours_eval, "ours_eval")
     wait(pypots, "pypots")
     wait(spawn(args, "timing"), "timing")
+    wait(spawn(args, "batch_timing"), "batch_timing")
     wait(spawn(args, "rss_full"), "rss_full")
     write_report(args, ours_train)
 
