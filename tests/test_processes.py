@@ -32,7 +32,7 @@ SCHEDULES = {"linear": "linear", "scaled_linear": "quad", "squaredcos_cap_v2": "
 PROCESSES = {
     "vp_cosine": lambda: VPProcess("cosine"),
     "vp_linear": lambda: VPProcess("linear"),
-    "vp_quad_zsnr": lambda: VPProcess("quad", beta_start=0.00085, beta_end=0.012, zero_terminal_snr=True),
+    "vp_quad_zsnr": lambda: VPProcess("quad", beta_start=0.00085, beta_end=0.012, zero_terminal_snr=True, prediction="v"),
     "ve": lambda: VEProcess(),
     "edm": lambda: EDMProcess(),
     "flow": lambda: FlowProcess(),
@@ -71,7 +71,7 @@ def test_beta_tables_match_diffusers(diffusers_name: str, ours: str, beta_range:
 def test_zero_terminal_snr_matches_diffusers(diffusers_name: str, ours: str) -> None:
     betas = beta_schedule(ours, 1000, 0.00085, 0.012)
     expected = torch.cumprod(1 - diffusers_rescale_zero_snr(betas.clone()), 0)  # float64 in, float64 out
-    process = VPProcess(ours, beta_start=0.00085, beta_end=0.012, zero_terminal_snr=True)
+    process = VPProcess(ours, beta_start=0.00085, beta_end=0.012, zero_terminal_snr=True, prediction="v")
     assert (process.alphas_cumprod - expected).abs().max() < 1e-12
     assert process.alphas_cumprod[-1] == 0
     assert math.isclose(float(process.alphas_cumprod[0]), float(1 - betas[0]), rel_tol=1e-12)

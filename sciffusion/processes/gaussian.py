@@ -10,7 +10,8 @@
 
 A process also says how a network sees its input (``net_input``), how the raw network output becomes a
 prediction (``net_output``), which time grids it offers to solvers, how training times are drawn, and in
-which coordinates the probability-flow ODE is integrated by Euler / Heun (``ode_coords``).
+which coordinates the probability-flow ODE is integrated by Euler / Heun (``ode_coords``: straight-line
+coordinates on VP and flow paths, sigma on VE / EDM).
 """
 from __future__ import annotations
 
@@ -54,6 +55,14 @@ class GaussianProcess:
         if prediction not in PREDICTION_TYPES:
             raise ValueError(f"unknown prediction type '{prediction}' (known: {', '.join(PREDICTION_TYPES)})")
         self.prediction = prediction
+
+    def _check_prediction_at_prior(self) -> None:
+        """Refuse ``eps`` / ``score`` on a path with ``alpha(1) = 0`` (flow, zero terminal SNR): there the clean
+        sample ``x0 = (x_t - sigma eps) / alpha`` is 0 / 0, so a sampler's first step would be NaN."""
+        alpha, _ = self.alpha_sigma(torch.ones(1, dtype=torch.float64))
+        if self.prediction in ("eps", "score") and float(alpha) == 0.0:
+            raise ValueError(f"prediction '{self.prediction}' cannot give the clean sample at t = 1 on the {self.name} path "
+                             f"(alpha(1) = 0); use velocity, v or x0")
 
     # -- path -----------------------------------------------------------------------------------
     def alpha_sigma(self, t: Tensor) -> tuple[Tensor, Tensor]:
@@ -172,18 +181,28 @@ class GaussianProcess:
         return (lo + hi) / 2
 
     def ode_coords(self, t: Tensor) -> tuple[Tensor, Tensor]:
-        """Coordinates in which Euler / Heun integrate the probability-flow ODE: ``(tau, scale)``.
+        """Coordinates in which Euler / Heun integrate the probability-flow ODE: ``(tau, scale)``, shaped like ``t``.
 
-        The solver integrates ``y = x / scale`` in ``tau``. Default (VP, VE, EDM): ``tau = sigma / alpha``,
-        ``scale = alpha`` — the variance-exploding form recommended by Karras et al. (2022), which is what
-        diffusers' Euler/Heun discrete schedulers integrate.
+        The solver integrates ``y = x / scale`` in ``tau`` (see :meth:`ode_coords_of`).
         """
-        alpha, sigma = self.alpha_sigma(t)
-        return sigma / alpha, alpha
+        return self.ode_coords_of(*self.alpha_sigma(t))
+
+    def ode_coords_of(self, alpha: Tensor, sigma: Tensor) -> tuple[Tensor, Tensor]:
+        """:meth:`ode_coords` from the path's ``alpha, sigma`` (any shape).
+
+        Default (VP and flow paths): the straight-line coordinates ``tau = sigma / (alpha + sigma)``,
+        ``scale = alpha + sigma``, in which every Gaussian path is the linear flow path
+        ``y = (1 - tau) x0 + tau eps`` with the bounded drift ``eps - x0``. Euler there is DDIM (as in any
+        coordinates where the path is linear), and Heun stays well posed where ``alpha(1)`` is ~0: in the
+        sigma-space coordinates ``sigma / alpha`` of diffusers' Heun, a VP cosine grid starts at ~2e4 and the
+        trapezoid rule over that first interval turns the model's change in ``eps`` into pure noise.
+        """
+        total = alpha + sigma
+        return sigma / total, total
 
     def ode_drift(self, pred: Prediction) -> Tensor:
-        """``dy / dtau`` in :meth:`ode_coords`; for ``tau = sigma/alpha``, ``y = x/alpha`` it is ``eps``."""
-        return pred.eps
+        """``dy / dtau`` in :meth:`ode_coords`: ``eps - x0`` for the straight-line coordinates."""
+        return pred.eps - pred.x0
 
     # -- training -------------------------------------------------------------------------------
     def sample_time(self, batch: int, rng: StepRandom, sampler: str | None = None, loc: float = 0.0, scale: float = 1.0) -> Tensor:
@@ -264,6 +283,7 @@ class VPProcess(GaussianProcess):
         # alpha at knots t = k/T, k = 0..T (t=0 is clean: alpha=1)
         self._alpha_knots = torch.cat([torch.ones(1, dtype=torch.float64), alphas_cumprod.sqrt()])
         self.t_min = 1.0 / self.num_train_steps
+        self._check_prediction_at_prior()
 
     def _interp(self, t: Tensor) -> tuple[Tensor, Tensor]:
         pos = (t.double().clamp(0, 1) * self.num_train_steps)
@@ -348,6 +368,14 @@ class VEProcess(GaussianProcess):
     def _t_from_scaled_sigma(self, target: Tensor) -> Tensor:
         return target / self.sigma_max
 
+    def ode_coords_of(self, alpha: Tensor, sigma: Tensor) -> tuple[Tensor, Tensor]:
+        """VE / EDM integrate in ``tau = sigma`` (Karras et al. 2022; diffusers' Euler / Heun sigma space)."""
+        return sigma / alpha, alpha
+
+    def ode_drift(self, pred: Prediction) -> Tensor:
+        """``dx / dsigma = eps`` on a VE path."""
+        return pred.eps
+
     def sample_time(self, batch: int, rng: StepRandom, sampler: str | None = None, loc: float = -1.2, scale: float = 1.2) -> Tensor:
         return super().sample_time(batch, rng, sampler, loc, scale)
 
@@ -425,6 +453,7 @@ class FlowProcess(GaussianProcess):
         super().__init__(prediction)
         self.ot_coupling, self.shift = ot_coupling, float(shift)
         self.t_min = 1e-4
+        self._check_prediction_at_prior()
 
     def alpha_sigma(self, t: Tensor) -> tuple[Tensor, Tensor]:
         return 1 - t, t
@@ -447,12 +476,9 @@ class FlowProcess(GaussianProcess):
         ts = super().time_grid(steps, kind, rho, shift)
         return self.shift * ts / (1 + (self.shift - 1) * ts)
 
-    def ode_coords(self, t: Tensor) -> tuple[Tensor, Tensor]:
-        """Flow paths integrate ``x`` directly in ``t`` (the straight-path ODE)."""
-        return t, torch.ones_like(t)
-
-    def ode_drift(self, pred: Prediction) -> Tensor:
-        return pred.eps - pred.x0
+    def ode_coords_of(self, alpha: Tensor, sigma: Tensor) -> tuple[Tensor, Tensor]:
+        """Flow paths integrate ``x`` directly in ``t = sigma`` (the straight-path ODE; scale exactly 1)."""
+        return sigma, torch.ones_like(sigma)
 
 
 @PROCESSES.register("flow", config=FlowConfig, help="linear flow matching / rectified flow (optional minibatch OT)")

@@ -24,13 +24,9 @@ def _shared(t: Tensor, index: Tensor | None) -> Tensor:
 
 
 def _ode_coords(process: GaussianProcess, t: Tensor, like: Tensor, index: Tensor | None) -> tuple[Tensor, Tensor]:
-    """:meth:`~GaussianProcess.ode_coords` broadcast to ``like``; the default ``(sigma / alpha, alpha)`` comes
-    from the process's remembered coefficients."""
-    if type(process).ode_coords is GaussianProcess.ode_coords:
-        c = process.coefficients(t, like, index)
-        return c.sigma / c.alpha, c.alpha
-    tau, scale = process.ode_coords(_shared(t, index))
-    return broadcast(tau, like, index), broadcast(scale, like, index)
+    """:meth:`~GaussianProcess.ode_coords` broadcast to ``like``, from the process's remembered coefficients."""
+    c = process.coefficients(t, like, index)
+    return process.ode_coords_of(c.alpha, c.sigma)
 
 
 def ddim_step(process: GaussianProcess, x: Tensor, pred: Prediction, t: Tensor, s: Tensor, eta: float = 0.0,
