@@ -420,10 +420,11 @@ def main(argv: list[str] | None = None) -> None:
                   f"{row['ours_us_per_eval']:8.1f} us / {row['diffusers_us_per_eval']:8.1f} us = {row['ratio']:.3f}")
     dpm = _ratio_at(results, "dpmpp_2m", 10)
     heun = _ratio_at(results, "heun", 10)
+    heun_like_for_like = _ratio_at(results, "heun", 10, "HeunDiscreteScheduler")
     overhead = timing["tiny_batch"]["geometric_mean_ratio"]
-    bars = [
-        bar("dpmpp2m_error_ratio_vs_diffusers_nfe10", max(dpm.values()), "<=", 1.0),
-        bar("heun_error_ratio_vs_diffusers_nfe10", max(heun.values()), "<=", 1.0),
+    bars = [  # issue 15's decision: DPM-Solver++ level with diffusers' best within sampling noise; Heun like for like
+        bar("dpmpp2m_error_ratio_vs_diffusers_nfe10", max(dpm.values()), "<=", 1.05),
+        bar("heun_error_ratio_vs_diffusers_heun_nfe10", max(heun_like_for_like.values()), "<=", 1.0),
         bar("step_overhead_ratio_vs_diffusers", overhead, "<=", 1.0),
     ]
     for b in bars:
@@ -468,10 +469,11 @@ def main(argv: list[str] | None = None) -> None:
         },
         "results": results,
         "step_overhead": timing,
-        "ratios_nfe10": {"definition": "our error / the best diffusers scheduler's error at NFE budget 10, per dataset; "
-                                       "the bars take the worse dataset",
+        "ratios_nfe10": {"definition": "our error / the best diffusers scheduler's error at NFE budget 10, per dataset "
+                                       "(heun_vs_diffusers_heun: / diffusers' HeunDiscreteScheduler's); the bars take the "
+                                       "worse dataset",
                          "dpmpp_2m": dpm, "heun": heun,
-                         "heun_vs_diffusers_heun": _ratio_at(results, "heun", 10, "HeunDiscreteScheduler"),
+                         "heun_vs_diffusers_heun": heun_like_for_like,
                          "dpmpp_2m_vs_diffusers_dpmpp_2m": _ratio_at(results, "dpmpp_2m", 10, "DPMSolverMultistepScheduler")},
         "bars": bars,
         "runtime_seconds": time.perf_counter() - started,

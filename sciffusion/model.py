@@ -1,18 +1,26 @@
 """DiffusionModel: a network plus one process per named field; training loss and guided sampling.
 
-This is the one place where a network, its processes, the loss weighting, classifier-free guidance,
-gradient guidance and constraints meet. Domains build a ``DiffusionModel`` and never write their own
-loss or sampler.
+This is the one place where a network, its processes, the loss, classifier-free guidance, gradient guidance
+and constraints meet. Domains build a ``DiffusionModel`` and never write their own loss or sampler.
 
-Batch format for :meth:`DiffusionModel.training_loss` (a dict, collatable by ``default_collate``)::
+Batch format for :meth:`DiffusionModel.training_loss` (a dict)::
 
-    {"fields":    {name: Tensor (B, ...)},              # clean data, one entry per field
-     "cond":      {name: Tensor (B, ...)},              # optional conditioning passed to the network
-     "loss_mask": {name: Tensor shaped like the field}} # optional, 1 where an entry counts in the loss
+    {"fields":    {name: Tensor (B, ...) or ragged (N, ...)},  # clean data, one entry per field
+     "index":     {name: LongTensor (N,)},                    # ragged fields only: the sample of every row
+     "num_samples": int,                                      # optional: B when every field is ragged
+     "cond":      {name: Tensor (B, ...)},                    # optional conditioning passed to the network
+     "loss_mask": {name: Tensor shaped like the field}}       # optional, 1 where an entry counts in the loss
+
+A torch-geometric ``Batch`` becomes this dict in the domain's collate (its ``batch`` vector is the index).
 
 Net contract: ``net(x_t: {field: Tensor}, t: Tensor (B,), cond: dict | None) -> {field: Tensor}`` returns
-the raw output per field; nets that support classifier-free guidance implement
+the raw output per field; when the model has ragged fields the call is
+``net(x_t, t, cond, index={field: (N,)})``. Nets that support classifier-free guidance implement
 ``net.drop_condition(cond, drop: BoolTensor (B,)) -> cond``.
+
+Loss: each process returns its per-entry loss (:meth:`Process.loss`); the model takes the masked mean of a
+dense field, and for a ragged field the mean over each sample's rows and then over samples, and sums the
+fields with their weights (``weights``, default 1).
 """
 from __future__ import annotations
 
@@ -22,37 +30,64 @@ import torch
 from torch import Tensor, nn
 
 from sciffusion.guidance import GradientGuidance, apply_gradient_guidance, classifier_free
-from sciffusion.processes import GaussianProcess, Prediction, from_x0_eps, loss_weight, ot_pairing
-from sciffusion.processes.gaussian import EDMProcess, FlowProcess
+from sciffusion.processes import GaussianProcess, LossWeighting, Prediction, Process, ot_pairing, segment_mean
+from sciffusion.processes.gaussian import FlowProcess
 from sciffusion.rng import StepRandom
-from sciffusion.sampling import Constraint, State, solve
+from sciffusion.sampling import Constraint, State, batch_size, solve
 
 Cond = dict[str, Tensor] | None
+Index = dict[str, Tensor]
+
+
+class _Processes(nn.Module):
+    """The processes as a module, so that ``model.to(device)`` moves their tables (e.g. VP's schedule knots)."""
+
+    def __init__(self, processes: dict[str, Process]) -> None:
+        super().__init__()
+        self.by_name = dict(processes)
+
+    def _apply(self, fn, recurse: bool = True):  # noqa: ANN001, ANN202 - nn.Module's hook for .to() / .cuda()
+        for process in self.by_name.values():
+            for key, value in vars(process).items():
+                if isinstance(value, Tensor):
+                    setattr(process, key, fn(value) if not torch.is_floating_point(value) else fn(value).to(value.dtype))
+        return self
 
 
 class DiffusionModel(nn.Module):
-    """A denoising network trained and sampled under per-field Gaussian processes.
+    """A denoising network trained and sampled under one process per field.
 
     Args:
         net: the network (see the module docstring for its contract).
         processes: field name -> process. All fields share the diffusion time ``t``.
-        weighting: ``uniform`` | ``min_snr`` | ``edm`` (see :mod:`sciffusion.processes.weighting`).
+        weighting: Gaussian fields' loss weighting ``uniform`` | ``min_snr`` | ``edm``
+            (see :mod:`sciffusion.processes.weighting`).
         min_snr_gamma: gamma of Min-SNR weighting.
-        time_sampler: ``uniform`` | ``logit_normal`` | ``log_normal`` | ``discrete`` (VP: the schedule's knots); default: the first process's.
+        time_sampler: ``uniform`` | ``logit_normal`` | ``log_normal`` | ``discrete`` (VP: the schedule's knots);
+            default: the first process's.
         time_loc, time_scale: location / scale of the (logit|log)-normal time sampler.
         cond_drop_prob: probability of dropping the condition in training (classifier-free guidance).
+        weights: field -> loss weight (default 1 for every field).
     """
 
-    def __init__(self, net: nn.Module, processes: dict[str, GaussianProcess], weighting: str = "uniform",
+    def __init__(self, net: nn.Module, processes: dict[str, Process], weighting: str = "uniform",
                  min_snr_gamma: float = 5.0, time_sampler: str | None = None, time_loc: float | None = None,
-                 time_scale: float | None = None, cond_drop_prob: float = 0.0) -> None:
+                 time_scale: float | None = None, cond_drop_prob: float = 0.0,
+                 weights: dict[str, float] | None = None) -> None:
         super().__init__()
         if not processes:
             raise ValueError("a DiffusionModel needs at least one field")
+        for name, proc in processes.items():
+            if not isinstance(proc, Process):
+                raise TypeError(f"field '{name}': {type(proc).__name__} is not a Process")
         self.net = net
-        self.processes = dict(processes)
-        self.weighting, self.min_snr_gamma = weighting, float(min_snr_gamma)
-        first = next(iter(self.processes.values()))
+        self._processes = _Processes(processes)
+        self.loss_weighting = LossWeighting(weighting, float(min_snr_gamma))
+        unknown = sorted(set(weights or {}) - set(processes))
+        if unknown:
+            raise ValueError(f"loss weight given for unknown field(s) {', '.join(unknown)} (fields: {', '.join(processes)})")
+        self.weights = {name: float((weights or {}).get(name, 1.0)) for name in processes}
+        first = next(iter(processes.values()))
         self.time_sampler = time_sampler or first.default_time_sampler
         default_loc, default_scale = ((-1.2, 1.2) if self.time_sampler == "log_normal" else (0.0, 1.0))
         self.time_loc = default_loc if time_loc is None else time_loc
@@ -62,101 +97,128 @@ class DiffusionModel(nn.Module):
             raise ValueError(f"cond_drop_prob > 0 needs a net with drop_condition(); {type(net).__name__} has none")
 
     @property
-    def time_process(self) -> GaussianProcess:
-        """The process whose time input the network receives (the first field's)."""
+    def processes(self) -> dict[str, Process]:
+        return self._processes.by_name
+
+    @property
+    def time_process(self) -> Process:
+        """The process whose time input the network receives and whose grid the sampler uses (the first field's)."""
         return next(iter(self.processes.values()))
 
     # -- one network call -------------------------------------------------------------------------
-    def native(self, x_t: State, t: Tensor, cond: Cond = None, index: dict[str, Tensor] | None = None) -> State:
-        """Network predictions in each process's own parametrization, ``{field: (B, ...)}``."""
+    def raw(self, x_t: State, t: Tensor, cond: Cond = None, index: Index | None = None) -> State:
+        """The network's raw output per field for the noisy state ``x_t`` at times ``t`` (B,)."""
         index = index or {}
-        inputs = {n: p.net_input(x_t[n], t, index.get(n))[0] for n, p in self.processes.items()}
-        _, t_in = self.time_process.net_input(next(iter(x_t.values())), t)
-        raw = self.net(inputs, t_in.to(next(iter(x_t.values())).dtype), cond)
-        return {n: p.net_output(raw[n], x_t[n], t, index.get(n)) for n, p in self.processes.items()}
+        inputs = {n: p.net_input(x_t[n], t, index.get(n)) for n, p in self.processes.items()}
+        dtype = next(v for v in inputs.values() if torch.is_floating_point(v)).dtype if any(
+            torch.is_floating_point(v) for v in inputs.values()) else torch.float32
+        t_in = self.time_process.time_input(t).to(dtype)
+        if index:
+            return self.net(inputs, t_in, cond, index=index)
+        return self.net(inputs, t_in, cond)
 
-    def predict(self, x_t: State, t: Tensor, cond: Cond = None, index: dict[str, Tensor] | None = None) -> dict[str, Prediction]:
-        """``{field: Prediction(x0, eps)}`` for noisy state ``x_t`` at times ``t`` (B,)."""
-        index = index or {}
-        out = self.native(x_t, t, cond, index)
-        return {n: p.to_x0_eps(out[n], x_t[n], t, index.get(n)) for n, p in self.processes.items()}
+    def predict(self, x_t: State, t: Tensor, cond: Cond = None, index: Index | None = None,
+                path: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Each field's prediction (Gaussian: ``Prediction(x0, eps)``) for ``x_t`` at times ``t`` (B,)."""
+        index, path = index or {}, path or {}
+        out = self.raw(x_t, t, cond, index)
+        return {n: p.predict(out[n], x_t[n], t, index.get(n), path.get(n)) for n, p in self.processes.items()}
 
     # -- training ---------------------------------------------------------------------------------
     def training_loss(self, batch: dict[str, Any], rng: StepRandom) -> Tensor:
         """Weighted denoising loss of one batch (see the module docstring for the batch format)."""
         x0: State = batch["fields"]
+        index: Index = batch.get("index") or {}
         cond: Cond = batch.get("cond")
         masks: dict[str, Tensor] = batch.get("loss_mask") or {}
-        first = next(iter(x0.values()))
-        n = first.shape[0]
-        t = self.time_process.sample_time(n, rng, self.time_sampler, self.time_loc, self.time_scale).to(first.device)
-        noise = {name: rng.fork(i).randn_like(x) for i, (name, x) in enumerate(x0.items())}
-        if any(isinstance(p, FlowProcess) and p.ot_coupling for p in self.processes.values()):
-            joint = torch.cat([x.reshape(n, -1) for x in x0.values()], dim=1)
-            joint_noise = torch.cat([noise[k].reshape(n, -1) for k in x0], dim=1)
-            perm = ot_pairing(joint, joint_noise)
-            noise = {k: v[perm] for k, v in noise.items()}
+        missing = sorted(set(self.processes) - set(x0))
+        if missing:
+            raise ValueError(f"the batch has no field(s) {', '.join(missing)} (it has: {', '.join(x0)})")
+        for name, proc in self.processes.items():
+            proc.validate(x0[name], name)
+        n = int(batch["num_samples"]) if "num_samples" in batch else batch_size(x0, index)
+        device = next(iter(x0.values())).device
+        t = self.time_process.sample_time(n, rng, self.time_sampler, self.time_loc, self.time_scale).to(device)
+        noise = self._training_noise(x0, index, n, rng)
         if cond is not None and self.cond_drop_prob > 0:
             drop = rng.fork(1000).rand(n) < self.cond_drop_prob
-            cond = self.net.drop_condition(cond, drop.to(first.device))
-        x_t = {name: self.processes[name].add_noise(x, noise[name], t) for name, x in x0.items()}
-        pred = self.native(x_t, t, cond)
-        total = first.new_zeros(())
+            cond = self.net.drop_condition(cond, drop.to(device))
+        x_t, aux = {}, {}
+        for i, (name, proc) in enumerate(self.processes.items()):
+            extra = {"noise": noise[name]} if name in noise else {}
+            x_t[name], aux[name] = proc.corrupt(x0[name], t, rng.fork(i), index.get(name), **extra)
+        out = self.raw(x_t, t, cond, index)
+        terms = []
         for name, proc in self.processes.items():
-            c = proc.coefficients(t, x0[name])
-            target = from_x0_eps(x0[name], noise[name], proc.prediction, c)
-            sigma_data = proc.sigma_data if isinstance(proc, EDMProcess) else 0.5
-            w = loss_weight(self.weighting, proc.prediction, c, self.min_snr_gamma, sigma_data)
-            err = w * (pred[name] - target) ** 2
-            mask = masks.get(name)
-            if mask is None:
-                total = total + err.mean()
-            else:
-                mask = mask.to(err.dtype).expand_as(err)
-                total = total + (err * mask).sum() / mask.sum().clamp_min(1.0)
-        return total
+            err = proc.loss(out[name], x0[name], x_t[name], aux[name], t, index.get(name), weighting=self.loss_weighting)
+            terms.append(self.weights[name] * _reduce(err, masks.get(name), index.get(name), n))
+        return torch.stack(terms).sum()
+
+    def _training_noise(self, x0: State, index: Index, n: int, rng: StepRandom) -> State:
+        """Gaussian noise paired with the data by minibatch optimal transport when a flow field asks for it
+        (dense fields only); empty otherwise (each process then draws its own)."""
+        if not any(isinstance(p, FlowProcess) and p.ot_coupling for p in self.processes.values()):
+            return {}
+        if index:
+            raise ValueError("minibatch OT coupling (ot_coupling) needs dense fields")
+        names = [k for k, p in self.processes.items() if isinstance(p, GaussianProcess)]
+        noise = {k: rng.fork(list(self.processes).index(k)).randn_like(x0[k]) for k in names}
+        joint = torch.cat([x0[k].reshape(n, -1) for k in names], dim=1)
+        perm = ot_pairing(joint, torch.cat([noise[k].reshape(n, -1) for k in names], dim=1))
+        return {k: v[perm] for k, v in noise.items()}
 
     # -- sampling ---------------------------------------------------------------------------------
     def denoiser(self, cond: Cond = None, guidance_scale: float = 1.0, gradient_guidance: Sequence[GradientGuidance] = (),
-                 index: dict[str, Tensor] | None = None):
-        """The guided denoising function ``(state, t) -> {field: Prediction}`` used by solvers."""
+                 index: Index | None = None):
+        """The guided denoising function ``(state, t, path) -> {field: prediction}`` used by solvers.
 
-        def base(x: State, t: Tensor) -> dict[str, Prediction]:
+        Classifier-free guidance doubles the batch: dense fields and the condition are concatenated, ragged
+        rows too, with the second copy's index shifted by ``B``.
+        """
+        index = index or {}
+
+        def base(x: State, t: Tensor, path: dict[str, Any] | None = None) -> dict[str, Any]:
             if guidance_scale == 1.0 or cond is None:
-                return self.predict(x, t, cond, index)
+                return self.predict(x, t, cond, index, path)
             n = t.shape[0]
             null = self.net.drop_condition(cond, torch.ones(n, dtype=torch.bool, device=t.device))
             both = {k: torch.cat([cond[k], null[k]]) for k in cond}
-            pred = self.predict({k: torch.cat([v, v]) for k, v in x.items()}, torch.cat([t, t]), both, index)
-            c = {k: Prediction(p.x0[:n], p.eps[:n]) for k, p in pred.items()}
-            u = {k: Prediction(p.x0[n:], p.eps[n:]) for k, p in pred.items()}
-            return classifier_free(c, u, guidance_scale)
+            doubled = {k: torch.cat([i, i + n]) for k, i in index.items()}
+            out = self.raw({k: torch.cat([v, v]) for k, v in x.items()}, torch.cat([t, t]), both, doubled)
+            c = {k: v[:len(v) // 2] for k, v in out.items()}
+            u = {k: v[len(v) // 2:] for k, v in out.items()}
+            path = path or {}
+            pred_c = {k: p.predict(c[k], x[k], t, index.get(k), path.get(k)) for k, p in self.processes.items()}
+            pred_u = {k: p.predict(u[k], x[k], t, index.get(k), path.get(k)) for k, p in self.processes.items()}
+            return classifier_free(pred_c, pred_u, guidance_scale, self.processes)
 
         return apply_gradient_guidance(base, list(gradient_guidance), self.processes, index)
 
     def prior(self, shapes: dict[str, tuple[int, ...]], generator: torch.Generator | None = None,
-              device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> State:
-        """Noise at ``t = 1`` for each field, ``{field: shape}``."""
-        return {n: (torch.randn(shapes[n], generator=generator, dtype=dtype) * p.prior_scale()).to(device)
-                for n, p in self.processes.items()}
+              device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32, index: Index | None = None) -> State:
+        """A draw at ``t = 1`` for each field, ``{field: shape}`` (ragged fields: ``(N, ...)`` with ``index``)."""
+        index = index or {}
+        return {n: p.prior(tuple(shapes[n]), generator, device, dtype, index.get(n)) for n, p in self.processes.items()}
 
     @torch.no_grad()
     def sample(self, shapes: dict[str, tuple[int, ...]] | None = None, x_init: State | None = None, cond: Cond = None,
-               solver: str = "dpmpp_2m", steps: int = 20, grid: str | None = None, eta: float = 0.0,
+               solver: str | dict[str, str] = "dpmpp_2m", steps: int = 20, grid: str | None = None, eta: float = 0.0,
                guidance_scale: float = 1.0, gradient_guidance: Sequence[GradientGuidance] = (),
                constraints: Iterable[Constraint] = (), generator: torch.Generator | None = None,
-               index: dict[str, Tensor] | None = None, clip_x0: float | None = None, progress: bool = False) -> State:
-        """Draw samples. Give ``shapes`` (fresh prior noise) or ``x_init`` (state at ``t = 1``).
+               index: Index | None = None, clip_x0: float | None = None, progress: bool = False) -> State:
+        """Draw samples. Give ``shapes`` (fresh prior draws) or ``x_init`` (state at ``t = 1``).
 
         Args:
             cond: conditioning passed to the network (batch of ``B``).
-            solver: ``ddpm`` | ``ddim`` | ``dpmpp_2m`` | ``euler`` | ``heun`` | ``euler_maruyama`` | ``pc``.
+            solver: a solver name for every field, or ``{field: name}``; a field whose process the named
+                solver cannot drive gets its process's default (see :func:`sciffusion.sampling.resolve_solvers`).
             steps: solver steps (see :func:`sciffusion.sampling.nfe` for network evaluations).
-            grid: time grid name (default: the first process's), see :meth:`GaussianProcess.time_grid`.
+            grid: time grid name (default: the first process's), see its ``time_grid``.
             guidance_scale: classifier-free guidance scale (1 = conditional model).
             gradient_guidance: losses of the predicted clean sample to steer down.
             constraints: hard constraints (:class:`~sciffusion.guidance.Inpaint`, :class:`~sciffusion.guidance.Project`).
-            clip_x0: clamp predicted clean samples to ``[-clip_x0, clip_x0]`` (images in [-1, 1]).
+            index: the sample of every row of each ragged field.
+            clip_x0: clamp Gaussian fields' predicted clean samples to ``[-clip_x0, clip_x0]`` (images in [-1, 1]).
         Returns:
             ``{field: Tensor}`` at ``t = 0``.
         """
@@ -167,7 +229,7 @@ class DiffusionModel(nn.Module):
             if x_init is None:
                 if shapes is None:
                     raise ValueError("sample() needs shapes or x_init")
-                x_init = self.prior(shapes, generator, device)
+                x_init = self.prior(shapes, generator, device, index=index)
             denoise = self.denoiser(cond, guidance_scale, gradient_guidance, index)
             if clip_x0 is not None:
                 denoise = _clipped(denoise, self.processes, clip_x0, index or {})
@@ -178,21 +240,46 @@ class DiffusionModel(nn.Module):
             self.train(was_training)
 
 
-def _clipped(denoise, processes: dict[str, GaussianProcess], bound: float, index: dict[str, Tensor]):
-    """Clamp ``x0`` and re-derive ``eps`` from it (as diffusers' ``clip_sample``)."""
+def _reduce(err: Tensor, mask: Tensor | None, index: Tensor | None, n: int) -> Tensor:
+    """One field's loss: masked mean (dense); for ragged rows the mean per sample, then over samples."""
+    if mask is not None:
+        mask = mask.to(err.dtype).expand_as(err)
+    if index is None:
+        if mask is None:
+            return err.mean()
+        return (err * mask).sum() / mask.sum().clamp_min(1.0)
+    rows = err.reshape(err.shape[0], -1)
+    if mask is None:
+        per_row, weight = rows.mean(dim=1), torch.ones(len(rows), dtype=err.dtype, device=err.device)
+    else:
+        m = mask.reshape(rows.shape)
+        weight = m.mean(dim=1)
+        per_row = (rows * m).sum(dim=1) / m.sum(dim=1).clamp_min(1.0)
+    counted = torch.zeros(n, dtype=err.dtype, device=err.device).index_add_(0, index, weight)
+    per_sample = torch.zeros(n, dtype=err.dtype, device=err.device).index_add_(0, index, per_row * weight)
+    present = counted > 0
+    return (per_sample[present] / counted[present]).mean()
 
-    def wrapped(x: State, t: Tensor) -> dict[str, Prediction]:
-        out = {}
-        for name, p in denoise(x, t).items():
+
+def _clipped(denoise, processes: dict[str, Process], bound: float, index: Index):
+    """Clamp Gaussian fields' ``x0`` and re-derive ``eps`` from it (as diffusers' ``clip_sample``)."""
+
+    def wrapped(x: State, t: Tensor, path: dict[str, Any] | None = None) -> dict[str, Any]:
+        out = dict(denoise(x, t, path))
+        for name, proc in processes.items():
+            if not isinstance(proc, GaussianProcess):
+                continue
+            p = out[name]
             x0 = p.x0.clamp(-bound, bound)
-            c = processes[name].coefficients(t, x[name], index.get(name))
+            c = (path or {}).get(name) or proc.coefficients(t, x[name], index.get(name))
             out[name] = Prediction(x0=x0, eps=(x[name] - c.alpha * x0) / c.sigma)
         return out
 
     return wrapped
 
 
-def diffusion_model_from_config(net: nn.Module, processes: dict[str, GaussianProcess], loss: Any) -> DiffusionModel:
+def diffusion_model_from_config(net: nn.Module, processes: dict[str, Process], loss: Any,
+                                weights: dict[str, float] | None = None) -> DiffusionModel:
     """Build a :class:`DiffusionModel` from a validated ``loss:`` config section (:class:`sciffusion.config.LossConfig`)."""
     loc, scale = {
         "logit_normal": (loss.logit_normal_mean, loss.logit_normal_std),
@@ -200,4 +287,5 @@ def diffusion_model_from_config(net: nn.Module, processes: dict[str, GaussianPro
     }.get(loss.time_sampler, (None, None))
     drop = loss.cond_drop_prob if hasattr(net, "drop_condition") else 0.0
     return DiffusionModel(net, processes, weighting=loss.weighting, min_snr_gamma=loss.min_snr_gamma,
-                          time_sampler=loss.time_sampler, time_loc=loc, time_scale=scale, cond_drop_prob=drop)
+                          time_sampler=loss.time_sampler, time_loc=loc, time_scale=scale, cond_drop_prob=drop,
+                          weights=weights)

@@ -96,7 +96,7 @@ def test_cfg_scale_one_equals_conditional_model() -> None:
     assert torch.equal(guided.x0, plain.x0) and torch.equal(guided.eps, plain.eps)
     sampled = model.sample(x_init=_noise(n), cond=cond, solver="dpmpp_2m", steps=15, guidance_scale=1.0)["x"]
     process = model.processes["x"]
-    direct = solve(model.processes, lambda s, tt: model.predict(s, tt, cond), _noise(n), process.time_grid(15), "dpmpp_2m")["x"]
+    direct = solve(model.processes, lambda s, tt, path: model.predict(s, tt, cond, path=path), _noise(n), process.time_grid(15), "dpmpp_2m")["x"]
     assert torch.equal(sampled, direct)
 
 
@@ -176,7 +176,7 @@ def test_inpainting_acts_per_field() -> None:
     process = VPProcess("linear")
     processes = {"a": process, "b": process}
 
-    def denoise(x: dict[str, Tensor], t: Tensor) -> dict[str, Prediction]:
+    def denoise(x: dict[str, Tensor], t: Tensor, path: dict | None = None) -> dict[str, Prediction]:
         alpha, sigma = process.alpha_sigma(t)
         return {k: UNCONDITIONAL.predict(v, alpha, sigma) for k, v in x.items()}
 
@@ -210,7 +210,7 @@ def test_project_zero_centre_of_mass() -> None:
     """A typical geometric constraint: a (B, atoms, 3) field kept at zero centre of mass."""
     process = VPProcess("linear")
 
-    def denoise(x: dict[str, Tensor], t: Tensor) -> dict[str, Prediction]:
+    def denoise(x: dict[str, Tensor], t: Tensor, path: dict | None = None) -> dict[str, Prediction]:
         alpha, sigma = process.alpha_sigma(t)
         flat = x["pos"].reshape(-1, 2)
         p = UNCONDITIONAL.predict(flat, alpha.repeat_interleave(12), sigma.repeat_interleave(12))
@@ -226,7 +226,7 @@ def test_project_zero_centre_of_mass() -> None:
 # Gradient guidance
 # ------------------------------------------------------------------------------------------------
 def _distance_to(target: Tensor, column: int | None = None):
-    def loss(x0: dict[str, Tensor], x_t: dict[str, Tensor], t: Tensor) -> Tensor:
+    def loss(x0: dict[str, Tensor], x_t: dict[str, Tensor], t: Tensor, index: dict[str, Tensor]) -> Tensor:
         diff = x0["x"] - target
         return (diff[:, column] ** 2) if column is not None else (diff**2).sum(-1)
 
@@ -244,8 +244,8 @@ def test_gradient_guidance_lowers_its_loss(through_model: bool, solver: str) -> 
     kwargs = {"cond": _labels(n, NULL), "solver": solver, "steps": 20, "generator": _gen(5)}
     free = model.sample(x_init=_noise(n), **kwargs)["x"]
     guided = model.sample(x_init=_noise(n), gradient_guidance=[guide], **kwargs)["x"]
-    free_loss = float(loss({"x": free}, {}, torch.zeros(n)).mean())
-    guided_loss = float(loss({"x": guided}, {}, torch.zeros(n)).mean())
+    free_loss = float(loss({"x": free}, {}, torch.zeros(n), {}).mean())
+    guided_loss = float(loss({"x": guided}, {}, torch.zeros(n), {}).mean())
     assert guided_loss < 0.5 * free_loss, (free_loss, guided_loss)
     assert torch.isfinite(guided).all()
 
@@ -260,7 +260,7 @@ def test_gradient_guidances_compose() -> None:
 
     def mean_losses(guides: list[GradientGuidance]) -> tuple[float, float]:
         out = model.sample(x_init=_noise(n), gradient_guidance=guides, **kwargs)["x"]
-        return float(first({"x": out}, {}, None).mean()), float(second({"x": out}, {}, None).mean())
+        return float(first({"x": out}, {}, None, {}).mean()), float(second({"x": out}, {}, None, {}).mean())
 
     free = mean_losses([])
     both = mean_losses([GradientGuidance(first, scale=0.5), GradientGuidance(second, scale=0.5)])

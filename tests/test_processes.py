@@ -237,7 +237,7 @@ def test_edm_weighting_and_preconditioning_closed_form() -> None:
     # D = c_skip x + c_out F  with F(c_in x, c_noise)
     x = torch.randn(6, 2, dtype=torch.float64)
     raw = torch.randn(6, 2, dtype=torch.float64)
-    net_in, t_in = process.net_input(x, t)
+    net_in, t_in = process.net_input(x, t), process.time_input(t)
     assert torch.allclose(net_in, c_in[:, None] * x) and torch.allclose(t_in, c_noise)
     assert torch.allclose(process.net_output(raw, x, t), c_skip[:, None] * x + c_out[:, None] * raw)
 

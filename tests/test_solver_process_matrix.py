@@ -52,7 +52,7 @@ def distance() -> SlicedW1ToMixture:
 def _raw_network(process: GaussianProcess):
     """A perfect network whose raw output is of the process's prediction type (EDM: its ``F``)."""
 
-    def denoise(x: dict[str, Tensor], t: Tensor) -> dict[str, Prediction]:
+    def denoise(x: dict[str, Tensor], t: Tensor, path: dict | None = None) -> dict[str, Prediction]:
         c = process.coefficients(t, x["x"])
         exact = MIXTURE.predict(x["x"], c.alpha[:, 0].expand(len(x["x"])), c.sigma[:, 0].expand(len(x["x"])))
         native = from_x0_eps(exact.x0, exact.eps, process.prediction, c)

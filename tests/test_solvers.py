@@ -76,7 +76,7 @@ def _coefficients(alpha: Tensor, sigma: Tensor, like: Tensor) -> Coefficients:
 def _our_denoiser(process: GaussianProcess):
     """Our side: the same perfect network, its raw output converted by the process (as DiffusionModel does)."""
 
-    def denoise(x: dict[str, Tensor], t: Tensor) -> dict[str, Prediction]:
+    def denoise(x: dict[str, Tensor], t: Tensor, path: dict | None = None) -> dict[str, Prediction]:
         alpha, sigma = process.alpha_sigma(t.to(torch.float64))
         raw = _network(process.prediction, x["x"], alpha, sigma)
         return {"x": process.to_x0_eps(raw, x["x"], t.to(torch.float64))}
@@ -158,14 +158,19 @@ def test_dpmpp_2m_matches_diffusers(schedule: str, prediction: str, steps: int) 
 
 
 class _Recorder:
-    """A constraint that records the state after every solver step (and the initial state)."""
+    """A constraint that records the state after every solver step (and the initial state). Constraints also
+    see a corrector's proposal at the step's end time; the step's final state replaces it."""
 
     def __init__(self) -> None:
-        self.states: list[Tensor] = []
+        self.by_time: dict[float, Tensor] = {}
 
-    def __call__(self, x, t, processes, generator):
-        self.states.append(x["x"].clone())
+    def __call__(self, x, t, processes, generator, index=None):
+        self.by_time[float(t[0])] = x["x"].clone()
         return x
+
+    @property
+    def states(self) -> list[Tensor]:
+        return list(self.by_time.values())
 
 
 def _our_trajectory(process: GaussianProcess, grid: Tensor, solver: str, x: Tensor) -> list[Tensor]:
@@ -179,7 +184,7 @@ def _sigma_space(prediction: str, sigma_max: float) -> tuple[VEProcess, DenoiseF
     and the same perfect VP network seen from it: evaluated on ``x * alpha`` at the VP levels of each sigma. Both
     spaces share ``x0`` and ``eps``, so the VP network's ``(x0, eps)`` is the VE denoiser's answer."""
 
-    def denoise(x: dict[str, Tensor], t: Tensor) -> dict[str, Prediction]:
+    def denoise(x: dict[str, Tensor], t: Tensor, path: dict | None = None) -> dict[str, Prediction]:
         alpha, sigma = _ve_levels(sigma_max * t.to(torch.float64), len(x["x"]))
         x_vp = x["x"] * alpha[:, None]
         raw = _network(prediction, x_vp, alpha, sigma)
@@ -314,12 +319,12 @@ def test_ragged_field_matches_dense(solver: str) -> None:
     dense0 = torch.randn(batch, rows, 2, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     index = torch.arange(batch).repeat_interleave(rows)
 
-    def denoise_dense(x: dict[str, Tensor], t: Tensor) -> dict[str, Prediction]:
+    def denoise_dense(x: dict[str, Tensor], t: Tensor, path: dict | None = None) -> dict[str, Prediction]:
         alpha, sigma = process.alpha_sigma(t)
         p = MIXTURE.predict(x["x"].reshape(-1, 2), alpha.repeat_interleave(rows), sigma.repeat_interleave(rows))
         return {"x": Prediction(p.x0.reshape(batch, rows, 2), p.eps.reshape(batch, rows, 2))}
 
-    def denoise_ragged(x: dict[str, Tensor], t: Tensor) -> dict[str, Prediction]:
+    def denoise_ragged(x: dict[str, Tensor], t: Tensor, path: dict | None = None) -> dict[str, Prediction]:
         alpha, sigma = process.alpha_sigma(t)
         return {"x": MIXTURE.predict(x["x"], alpha[index], sigma[index])}
 

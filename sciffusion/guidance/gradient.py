@@ -2,34 +2,37 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import Tensor
 
-from sciffusion.processes import GaussianProcess, Prediction, broadcast
+from sciffusion.processes import GaussianProcess, Prediction, Process
 from sciffusion.registry import GUIDANCE
 
 State = dict[str, Tensor]
-GuidanceLoss = Callable[[State, State, Tensor], Tensor]
+Index = dict[str, Tensor]
+GuidanceLoss = Callable[[State, State, Tensor, Index], Tensor]
 
 
-def classifier_free(cond: dict[str, Prediction], uncond: dict[str, Prediction], scale: float) -> dict[str, Prediction]:
-    """``uncond + scale * (cond - uncond)`` per field; ``scale = 1`` returns the conditional prediction.
-
-    The combination is affine, so it is the same in every parametrization (eps, x0, v, velocity).
-    """
+def classifier_free(cond: dict[str, Any], uncond: dict[str, Any], scale: float,
+                    processes: dict[str, Process] | None = None) -> dict[str, Any]:
+    """``uncond + scale * (cond - uncond)`` per field, in each process's own space (:meth:`Process.combine_cfg`:
+    affine in ``(x0, eps)`` for Gaussian fields, hence the same in every parametrization; in logit space for
+    categorical ones). Without ``processes`` every field is a Gaussian :class:`Prediction`. ``scale = 1`` returns
+    the conditional prediction."""
     if scale == 1.0:
         return cond
-    return {
-        name: Prediction(x0=u.x0 + scale * (cond[name].x0 - u.x0), eps=u.eps + scale * (cond[name].eps - u.eps))
-        for name, u in uncond.items()
-    }
+    if processes is None:
+        return {name: Prediction(x0=u.x0 + scale * (cond[name].x0 - u.x0), eps=u.eps + scale * (cond[name].eps - u.eps))
+                for name, u in uncond.items()}
+    return {name: processes[name].combine_cfg(cond[name], u, scale) for name, u in uncond.items()}
 
 
 @dataclass
 class GradientGuidance:
-    """Lower ``loss_fn(x0_hat, x_t, t) -> (B,)`` during sampling.
+    """Lower ``loss_fn(x0_hat, x_t, t, index) -> (B,)`` during sampling (``index``: the sample of every row of
+    each ragged field, as the sampler has it; a loss over a ragged field sums its rows per sample with it).
 
     The score of every field is shifted by ``-scale * grad_x loss`` (classifier guidance when the loss is a
     negative log-likelihood; value guidance when it is a negative value; DPS when it is a measurement
@@ -46,7 +49,7 @@ class GradientGuidance:
     stop where the loss stops falling. No extra network evaluations.
 
     Args:
-        loss_fn: ``(x0_hat: {field: Tensor}, x_t: {field: Tensor}, t: (B,)) -> (B,)``.
+        loss_fn: ``(x0_hat: {field: Tensor}, x_t: {field: Tensor}, t: (B,), index: {field: (N,)}) -> (B,)``.
         scale: guidance strength.
         fields: fields to steer (default: all that the loss depends on).
         through_model: differentiate through the denoiser.
@@ -70,53 +73,60 @@ GUIDANCE.register("cfg", help="classifier-free guidance: sample.guidance_scale, 
 GUIDANCE.register("gradient", help="gradient of a differentiable loss of the predicted clean sample (classifier, value, cost, DPS)")(GradientGuidance)
 
 
-def apply_gradient_guidance(denoise: Callable[[State, Tensor], dict[str, Prediction]], guides: Sequence[GradientGuidance],
-                            processes: dict[str, GaussianProcess], index: dict[str, Tensor] | None = None
-                            ) -> Callable[[State, Tensor], dict[str, Prediction]]:
-    """Wrap a denoiser so that its predictions include every gradient guidance term."""
+def apply_gradient_guidance(denoise: Callable[..., dict[str, Any]], guides: Sequence[GradientGuidance],
+                            processes: dict[str, Process], index: Index | None = None) -> Callable[..., dict[str, Any]]:
+    """Wrap a denoiser ``(x, t, path) -> {field: prediction}`` so that its predictions include every gradient
+    guidance term. Only Gaussian fields can be steered (the shift is one of the score); naming another field
+    in ``GradientGuidance.fields`` is an error."""
     if not guides:
         return denoise
     index = index or {}
+    gaussian = [name for name, proc in processes.items() if isinstance(proc, GaussianProcess)]
+    for g in guides:
+        for name in g.fields or ():
+            if name not in gaussian:
+                kind = type(processes[name]).__name__ if name in processes else "not a field"
+                raise ValueError(f"gradient guidance can steer Gaussian fields only; '{name}' is {kind}")
 
-    def guided(x: State, t: Tensor) -> dict[str, Prediction]:
+    def guided(x: State, t: Tensor, path: dict[str, Any] | None = None) -> dict[str, Any]:
         alpha_sigma = {}
-        for name, proc in processes.items():
-            alpha, sigma = proc.alpha_sigma(t)
-            alpha_sigma[name] = (broadcast(alpha, x[name], index.get(name)), broadcast(sigma, x[name], index.get(name)))
+        for name in gaussian:
+            c = processes[name].coefficients(t, x[name], index.get(name))
+            alpha_sigma[name] = (c.alpha, c.sigma)
         # posterior covariance of x0 under a unit-variance Gaussian prior, per field (see GradientGuidance)
         cov = {name: s**2 / (a**2 + s**2) for name, (a, s) in alpha_sigma.items()}
         with torch.enable_grad():
-            x_in = {k: v.detach().requires_grad_(True) for k, v in x.items()}
-            pred = denoise(x_in, t) if any(g.through_model for g in guides) else None
+            x_in = {k: v.detach().requires_grad_(True) if k in gaussian else v for k, v in x.items()}
+            pred = denoise(x_in, t, path) if any(g.through_model for g in guides) else None
             if pred is None:
                 with torch.no_grad():
-                    pred = denoise(x, t)
-            grad_xt: dict[str, Tensor] = {k: torch.zeros_like(v) for k, v in x.items()}  # scale * d loss / d x_t
-            shift_x0: dict[str, Tensor] = {k: torch.zeros_like(v) for k, v in x.items()}  # x0-only corrections
+                    pred = denoise(x, t, path)
+            estimates = {k: processes[k].x0_estimate(p) for k, p in pred.items()}
+            grad_xt: dict[str, Tensor] = {k: torch.zeros_like(x[k]) for k in gaussian}  # scale * d loss / d x_t
+            shift_x0: dict[str, Tensor] = {k: torch.zeros_like(x[k]) for k in gaussian}  # x0-only corrections
             for g in guides:
+                names = list(g.fields or gaussian)
                 if g.through_model:
-                    x0 = {k: p.x0 for k, p in pred.items()}
-                    loss = g.loss_fn(x0, x_in, t).sum()
-                    names = list(g.fields or x_in.keys())
+                    loss = g.loss_fn(estimates, x_in, t, index).sum()
                     gs = torch.autograd.grad(loss, [x_in[n] for n in names], allow_unused=True, retain_graph=True)
                     for n, gr in zip(names, gs):
                         if gr is not None:
                             grad_xt[n] = grad_xt[n] + g.scale * gr
                     continue
                 # gradient steps on x0_hat alone (no backward pass through the network)
-                x0_k = {k: p.x0.detach() for k, p in pred.items()}
-                names = list(g.fields or x0_k.keys())
+                x0_k = {k: v.detach() for k, v in estimates.items()}
                 for _ in range(g.substeps):
-                    wrt = {k: v.clone().requires_grad_(True) for k, v in x0_k.items()}
-                    loss = g.loss_fn(wrt, x_in, t).sum()
+                    wrt = {k: v.clone().requires_grad_(True) if k in names else v for k, v in x0_k.items()}
+                    loss = g.loss_fn(wrt, x_in, t, index).sum()
                     gs = torch.autograd.grad(loss, [wrt[n] for n in names], allow_unused=True)
                     for n, gr in zip(names, gs):
                         if gr is not None:
                             step = -cov[n] * (g.scale / g.substeps) * gr
                             shift_x0[n] = shift_x0[n] + step
                             x0_k[n] = x0_k[n] + step
-        out: dict[str, Prediction] = {}
-        for name, p in pred.items():
+        out: dict[str, Any] = dict(pred)
+        for name in gaussian:
+            p = pred[name]
             a, s = alpha_sigma[name]
             # score <- score - grad_xt  <=>  eps <- eps + sigma * grad_xt ;  x0 <- x0 - sigma^2 / alpha * grad_xt;
             # an x0 shift d with x_t = alpha x0 + sigma eps kept: eps <- eps - alpha / sigma * d (d = 0 at sigma = 0)

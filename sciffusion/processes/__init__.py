@@ -1,8 +1,10 @@
-"""Corruption processes (paths) and conversions between network parametrizations."""
+"""Corruption processes (one per field, :class:`Process`) and conversions between network parametrizations."""
+from sciffusion.processes.base import Process, per_sample, segment_mean
 from sciffusion.processes.gaussian import (
     EDMProcess,
     FlowProcess,
     GaussianProcess,
+    LossWeighting,
     VEProcess,
     VPProcess,
     beta_schedule,
@@ -13,7 +15,7 @@ from sciffusion.processes.parametrization import Coefficients, Prediction, conve
 from sciffusion.processes.weighting import loss_weight, ot_pairing
 
 __all__ = [
-    "Coefficients", "EDMProcess", "FlowProcess", "GaussianProcess", "Prediction", "VEProcess", "VPProcess",
-    "beta_schedule", "broadcast", "convert", "from_x0_eps", "loss_weight", "ot_pairing",
-    "rescale_zero_terminal_snr", "to_x0_eps", "x0_space_weight",
+    "Coefficients", "EDMProcess", "FlowProcess", "GaussianProcess", "LossWeighting", "Prediction", "Process",
+    "VEProcess", "VPProcess", "beta_schedule", "broadcast", "convert", "from_x0_eps", "loss_weight", "ot_pairing",
+    "per_sample", "rescale_zero_terminal_snr", "segment_mean", "to_x0_eps", "x0_space_weight",
 ]

@@ -10,20 +10,22 @@
 
 A process also says how a network sees its input (``net_input``), how the raw network output becomes a
 prediction (``net_output``), which time grids it offers to solvers, how training times are drawn, and in
-which coordinates the probability-flow ODE is integrated by Euler / Heun (``ode_coords``: straight-line
+which coordinates the probability-flow ODE is integrated by Euler / Heun (``ode_coords_of``: straight-line
 coordinates on VP and flow paths, sigma on VE / EDM).
 """
 from __future__ import annotations
 
 import math
-from collections import OrderedDict
-from dataclasses import dataclass
-from typing import Literal, Sequence
+from dataclasses import asdict, dataclass, fields
+import dataclasses
+from typing import Any, Literal, Sequence
 
 import torch
 from torch import Tensor
 
-from sciffusion.processes.parametrization import PREDICTION_TYPES, Coefficients, Prediction, to_x0_eps
+from sciffusion.processes.base import Process, segment_mean
+from sciffusion.processes.parametrization import PREDICTION_TYPES, Coefficients, Prediction, from_x0_eps, to_x0_eps
+from sciffusion.processes.weighting import loss_weight
 from sciffusion.registry import PROCESSES
 from sciffusion.rng import StepRandom
 
@@ -38,23 +40,42 @@ def broadcast(c: Tensor, like: Tensor, index: Tensor | None = None) -> Tensor:
     return c.reshape(c.shape[0], *([1] * (like.dim() - 1))).to(like.dtype)
 
 
-def _memo_key(t: Tensor, like: Tensor, index: Tensor | None) -> tuple:
-    return (id(t), t._version, like.dim(), like.dtype, like.device, None if index is None else (id(index), index._version))
+def shared_time(t: Tensor, index: Tensor | None) -> Tensor:
+    """``t[:1]`` when a dense field's batch shares one time as an expanded scalar (as the sampling loop passes
+    it), so that per-sample values are computed once and broadcast as ``(1, 1, ...)``."""
+    return t[:1] if index is None and t.dim() == 1 and t.shape[0] > 1 and t.stride(0) == 0 else t
 
 
-class GaussianProcess:
-    """Base class: subclasses define ``alpha``, ``sigma`` and their time derivatives."""
+@dataclass(frozen=True)
+class LossWeighting:
+    """How the Gaussian denoising loss is weighted over time (see :mod:`sciffusion.processes.weighting`)."""
+
+    name: str = "uniform"
+    min_snr_gamma: float = 5.0
+
+
+class GaussianProcess(Process):
+    """Base class: subclasses define ``alpha``, ``sigma`` and their time derivatives.
+
+    With ``zero_com`` the field is a set of points per sample (``(N, d)`` ragged rows with a sample index,
+    or dense ``(B, n, d)``) living in the subspace of zero centre of mass (EDM, Hoogeboom et al. 2022):
+    training noise, the prior and every sampling step are projected onto it, and the loss is normalised by
+    its ``(n - 1) d`` degrees of freedom per sample instead of ``n d``.
+    """
 
     name: str = "gaussian"
     prediction: str = "eps"
     t_min: float = 1e-5  # smallest training time
     default_grid: str = "uniform"
     default_time_sampler: str = "uniform"
+    default_solver: str = "dpmpp_2m"
+    zero_com: bool = False
 
-    def __init__(self, prediction: str) -> None:
+    def __init__(self, prediction: str, zero_com: bool = False) -> None:
         if prediction not in PREDICTION_TYPES:
             raise ValueError(f"unknown prediction type '{prediction}' (known: {', '.join(PREDICTION_TYPES)})")
         self.prediction = prediction
+        self.zero_com = bool(zero_com)
 
     def _check_prediction_at_prior(self) -> None:
         """Refuse ``eps`` / ``score`` on a path with ``alpha(1) = 0`` (flow, zero terminal SNR): there the clean
@@ -74,33 +95,22 @@ class GaussianProcess:
         raise NotImplementedError
 
     def coefficients(self, t: Tensor, like: Tensor, index: Tensor | None = None) -> Coefficients:
-        """Path coefficients at ``t`` (B,), broadcast to the field ``like``.
-
-        The last few results are remembered by the time tensor's identity and version (an in-place change
-        misses), the field's rank, dtype and device, and the index, so a sampling loop that hands one time
-        tensor to the network's prediction and to the solver step computes them once (and may provide them
-        up front, see :meth:`remember_coefficients`).
-        """
-        key = _memo_key(t, like, index)
-        hit = self._memo().get(key)
-        if hit is not None and hit[0] is t and hit[1] is index:
-            return hit[2]
+        """Path coefficients at ``t`` (B,), broadcast to the field ``like`` (computed afresh: the sampling loop
+        computes a whole grid's once, :meth:`path_table`, and hands each step's in explicitly)."""
+        t = shared_time(t, index)
         alpha, sigma = self.alpha_sigma(t)
         d_alpha, d_sigma = self.derivatives(t)
-        c = Coefficients(*(broadcast(v, like, index) for v in (alpha, sigma, d_alpha, d_sigma)))
-        self.remember_coefficients(t, like, index, c)
-        return c
+        return Coefficients(*(broadcast(v, like, index) for v in (alpha, sigma, d_alpha, d_sigma)))
 
-    def remember_coefficients(self, t: Tensor, like: Tensor, index: Tensor | None, c: Coefficients) -> None:
-        """Make :meth:`coefficients` return ``c`` for this time tensor (a sampling loop evaluates the whole grid
-        at once and hands each step's coefficients in; the last 8 are kept)."""
-        memo = self._memo()
-        memo[_memo_key(t, like, index)] = (t, index, c)  # holding t and index keeps their ids from being reused
-        while len(memo) > 8:
-            memo.popitem(last=False)
-
-    def _memo(self) -> OrderedDict:
-        return self.__dict__.setdefault("_coefficient_memo", OrderedDict())
+    def path_table(self, grid: Tensor, like: Tensor, index: Tensor | None, batch: int) -> list[Coefficients]:
+        """:meth:`coefficients` at every time of a grid ``(T,)`` for a batch sharing each time, in one
+        evaluation of the path: dense fields get ``(1, 1, ...)`` tensors, ragged rows their sample's value."""
+        values = (*self.alpha_sigma(grid), *self.derivatives(grid))
+        if index is None:
+            shaped = [v.to(like.dtype).reshape(-1, *([1] * like.dim())).unbind(0) for v in values]
+            return [Coefficients(*per_time) for per_time in zip(*shaped)]
+        rows = torch.zeros(len(index), dtype=torch.long, device=index.device)
+        return [Coefficients(*(broadcast(v[i:i + 1][rows], like) for v in values)) for i in range(len(grid))]
 
     def log_snr(self, t: Tensor) -> Tensor:
         """``log(alpha^2 / sigma^2)`` (B,)."""
@@ -117,17 +127,78 @@ class GaussianProcess:
         alpha, sigma = self.alpha_sigma(torch.ones(1, dtype=torch.float64))
         return float(torch.sqrt(alpha**2 + sigma**2))
 
+    # -- the Process protocol -------------------------------------------------------------------
+    def validate(self, x: Tensor, field: str) -> None:
+        if not torch.is_floating_point(x):
+            raise ValueError(f"field '{field}': the {self.name} process needs a floating-point tensor, got {x.dtype}")
+        if self.zero_com and x.dim() < 2:
+            raise ValueError(f"field '{field}': zero-CoM positions need rows of coordinates (N, d) or (B, n, d), "
+                             f"got shape {tuple(x.shape)}")
+
+    def project(self, x: Tensor, index: Tensor | None = None) -> Tensor:
+        """Zero centre of mass per sample when ``zero_com`` (rows by ``index``, or axis 1 of a dense field)."""
+        if not self.zero_com:
+            return x
+        if index is None:
+            return x - x.mean(dim=1, keepdim=True)
+        return x - segment_mean(x, index, int(index.max()) + 1 if len(index) else 0)[index]
+
+    def prior(self, shape: tuple[int, ...], generator: torch.Generator | None = None, device: torch.device | str = "cpu",
+              dtype: torch.dtype = torch.float32, index: Tensor | None = None) -> Tensor:
+        noise = torch.randn(shape, generator=generator, dtype=dtype) * self.prior_scale()
+        return self.project(noise.to(device), None if index is None else index.to(device))
+
+    def corrupt(self, x0: Tensor, t: Tensor, rng: StepRandom, index: Tensor | None = None,
+                noise: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """``(x_t, eps)``: ``eps`` drawn from ``rng`` unless given (minibatch OT pairs it), projected."""
+        eps = self.project(rng.randn_like(x0) if noise is None else noise, index)
+        return self.add_noise(self.project(x0, index), eps, t, index), eps
+
+    def loss(self, out: Tensor, x0: Tensor, x_t: Tensor, aux: Tensor, t: Tensor, index: Tensor | None = None,
+             weighting: LossWeighting = LossWeighting()) -> Tensor:
+        """Weighted squared error of the prediction against its target, per entry (shaped like the field); with
+        ``zero_com`` scaled by ``n / (n - 1)`` so that a per-sample mean counts the subspace's dimensions."""
+        c = self.coefficients(t, x0, index)
+        target = from_x0_eps(self.project(x0, index), aux, self.prediction, c)
+        sigma_data = getattr(self, "sigma_data", 0.5)
+        w = loss_weight(weighting.name, self.prediction, c, weighting.min_snr_gamma, sigma_data)
+        err = w * (self.net_output(out, x_t, t, index) - target) ** 2
+        if self.zero_com:
+            err = err * _dof_correction(x0, index)
+        return err
+
+    def predict(self, out: Tensor, x_t: Tensor, t: Tensor, index: Tensor | None = None,
+                path: Coefficients | None = None) -> Prediction:
+        """``Prediction(x0, eps)`` from the raw network output (``path``: this time's coefficients, if known)."""
+        return self.to_x0_eps(self.net_output(out, x_t, t, index), x_t, t, index, path)
+
+    def x0_estimate(self, pred: Prediction) -> Tensor:
+        return pred.x0
+
+    def combine_cfg(self, cond: Prediction, uncond: Prediction, scale: float) -> Prediction:
+        """Affine in ``(x0, eps)``, hence the same in every parametrization."""
+        return Prediction(x0=uncond.x0 + scale * (cond.x0 - uncond.x0), eps=uncond.eps + scale * (cond.eps - uncond.eps))
+
+    def noised_known(self, x0: Tensor, t: Tensor, generator: torch.Generator | None, index: Tensor | None = None) -> Tensor:
+        noise = torch.randn(x0.shape, generator=generator, dtype=x0.dtype).to(x0.device)
+        return self.add_noise(x0, self.project(noise, index), t.to(x0.dtype), index)
+
     # -- network interface ----------------------------------------------------------------------
-    def net_input(self, x_t: Tensor, t: Tensor, index: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """What the network sees: ``(scaled x_t, time input (B,))``. Identity except for EDM."""
-        return x_t, t
+    def net_input(self, x_t: Tensor, t: Tensor, index: Tensor | None = None) -> Tensor:
+        """What the network sees of ``x_t``. Identity except for EDM (``c_in x_t``)."""
+        return x_t
+
+    def time_input(self, t: Tensor) -> Tensor:
+        """The time input ``(B,)`` of the network. Identity except for EDM (``c_noise``)."""
+        return t
 
     def net_output(self, raw: Tensor, x_t: Tensor, t: Tensor, index: Tensor | None = None) -> Tensor:
         """Raw network output -> prediction of type ``self.prediction``. Identity except for EDM."""
         return raw
 
-    def to_x0_eps(self, pred: Tensor, x_t: Tensor, t: Tensor, index: Tensor | None = None) -> Prediction:
-        return to_x0_eps(pred, self.prediction, x_t, self.coefficients(t, x_t, index))
+    def to_x0_eps(self, pred: Tensor, x_t: Tensor, t: Tensor, index: Tensor | None = None,
+                  c: Coefficients | None = None) -> Prediction:
+        return to_x0_eps(pred, self.prediction, x_t, self.coefficients(t, x_t, index) if c is None else c)
 
     # -- sampling -------------------------------------------------------------------------------
     def time_grid(self, steps: int, kind: str | None = None, rho: float = 7.0, shift: float = 1.0) -> Tensor:
@@ -180,15 +251,9 @@ class GaussianProcess:
             lo = torch.where(too_noisy, lo, mid)
         return (lo + hi) / 2
 
-    def ode_coords(self, t: Tensor) -> tuple[Tensor, Tensor]:
-        """Coordinates in which Euler / Heun integrate the probability-flow ODE: ``(tau, scale)``, shaped like ``t``.
-
-        The solver integrates ``y = x / scale`` in ``tau`` (see :meth:`ode_coords_of`).
-        """
-        return self.ode_coords_of(*self.alpha_sigma(t))
-
-    def ode_coords_of(self, alpha: Tensor, sigma: Tensor) -> tuple[Tensor, Tensor]:
-        """:meth:`ode_coords` from the path's ``alpha, sigma`` (any shape).
+    def ode_coords_of(self, alpha: Tensor, sigma: Tensor) -> tuple[Tensor, Tensor | None]:
+        """Coordinates ``(tau, scale)`` in which Euler / Heun integrate the probability-flow ODE: they integrate
+        ``y = x / scale`` in ``tau`` (a scale of ``None`` is 1); from the path's ``alpha, sigma`` (any shape).
 
         Default (VP and flow paths): the straight-line coordinates ``tau = sigma / (alpha + sigma)``,
         ``scale = alpha + sigma``, in which every Gaussian path is the linear flow path
@@ -201,7 +266,7 @@ class GaussianProcess:
         return sigma / total, total
 
     def ode_drift(self, pred: Prediction) -> Tensor:
-        """``dy / dtau`` in :meth:`ode_coords`: ``eps - x0`` for the straight-line coordinates."""
+        """``dy / dtau`` in :meth:`ode_coords_of`: ``eps - x0`` for the straight-line coordinates."""
         return pred.eps - pred.x0
 
     # -- training -------------------------------------------------------------------------------
@@ -221,6 +286,16 @@ class GaussianProcess:
 
     def _t_from_log_sigma(self, log_sigma: Tensor) -> Tensor:
         return self._t_from_scaled_sigma(log_sigma.exp()).clamp(self.t_min, 1.0)
+
+
+def _dof_correction(x0: Tensor, index: Tensor | None) -> Tensor:
+    """``n / (n - 1)`` per row (ragged) or per sample (dense ``(B, n, d)``): a zero-CoM cloud of ``n`` points in
+    ``d`` dimensions has ``(n - 1) d`` degrees of freedom (1 for a single point, whose error is 0 anyway)."""
+    if index is None:
+        n = torch.full((x0.shape[0],), float(x0.shape[1]), dtype=x0.dtype, device=x0.device)
+    else:
+        n = torch.bincount(index, minlength=int(index.max()) + 1).to(x0.dtype)[index]
+    return broadcast(n / (n - 1).clamp_min(1.0), x0)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -272,8 +347,8 @@ class VPProcess(GaussianProcess):
 
     def __init__(self, schedule: str = "cosine", prediction: str = "eps", num_train_steps: int = 1000,
                  beta_start: float = 1e-4, beta_end: float = 0.02, betas: Sequence[float] | None = None,
-                 zero_terminal_snr: bool = False) -> None:
-        super().__init__(prediction)
+                 zero_terminal_snr: bool = False, zero_com: bool = False) -> None:
+        super().__init__(prediction, zero_com)
         b = beta_schedule(schedule, num_train_steps, beta_start, beta_end, betas)
         self.num_train_steps = len(b)
         alphas_cumprod = torch.cumprod(1 - b, dim=0)
@@ -354,8 +429,9 @@ class VEProcess(GaussianProcess):
     default_grid = "karras"
     default_time_sampler = "log_normal"
 
-    def __init__(self, sigma_max: float = 80.0, sigma_min: float = 0.002, prediction: str = "eps") -> None:
-        super().__init__(prediction)
+    def __init__(self, sigma_max: float = 80.0, sigma_min: float = 0.002, prediction: str = "eps",
+                 zero_com: bool = False) -> None:
+        super().__init__(prediction, zero_com)
         self.sigma_max, self.sigma_min = float(sigma_max), float(sigma_min)
         self.t_min = self.sigma_min / self.sigma_max
 
@@ -396,8 +472,9 @@ class EDMProcess(VEProcess):
 
     name = "edm"
 
-    def __init__(self, sigma_max: float = 80.0, sigma_min: float = 0.002, sigma_data: float = 0.5) -> None:
-        super().__init__(sigma_max, sigma_min, prediction="x0")
+    def __init__(self, sigma_max: float = 80.0, sigma_min: float = 0.002, sigma_data: float = 0.5,
+                 zero_com: bool = False) -> None:
+        super().__init__(sigma_max, sigma_min, prediction="x0", zero_com=zero_com)
         self.sigma_data = float(sigma_data)
 
     def preconditioning(self, sigma: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -409,9 +486,12 @@ class EDMProcess(VEProcess):
         c_noise = sigma.clamp_min(1e-20).log() / 4
         return c_skip, c_out, c_in, c_noise
 
-    def net_input(self, x_t: Tensor, t: Tensor, index: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        _, _, c_in, c_noise = self.preconditioning(self.sigma_max * t)
-        return broadcast(c_in, x_t, index) * x_t, c_noise
+    def net_input(self, x_t: Tensor, t: Tensor, index: Tensor | None = None) -> Tensor:
+        _, _, c_in, _ = self.preconditioning(self.sigma_max * t)
+        return broadcast(c_in, x_t, index) * x_t
+
+    def time_input(self, t: Tensor) -> Tensor:
+        return self.preconditioning(self.sigma_max * t)[3]
 
     def net_output(self, raw: Tensor, x_t: Tensor, t: Tensor, index: Tensor | None = None) -> Tensor:
         c_skip, c_out, _, _ = self.preconditioning(self.sigma_max * t)
@@ -449,8 +529,9 @@ class FlowProcess(GaussianProcess):
     default_grid = "uniform"
     default_time_sampler = "uniform"
 
-    def __init__(self, prediction: str = "velocity", ot_coupling: bool = False, shift: float = 1.0) -> None:
-        super().__init__(prediction)
+    def __init__(self, prediction: str = "velocity", ot_coupling: bool = False, shift: float = 1.0,
+                 zero_com: bool = False) -> None:
+        super().__init__(prediction, zero_com)
         self.ot_coupling, self.shift = ot_coupling, float(shift)
         self.t_min = 1e-4
         self._check_prediction_at_prior()
@@ -461,12 +542,13 @@ class FlowProcess(GaussianProcess):
     def derivatives(self, t: Tensor) -> tuple[Tensor, Tensor]:
         return -torch.ones_like(t), torch.ones_like(t)
 
-    def to_x0_eps(self, pred: Tensor, x_t: Tensor, t: Tensor, index: Tensor | None = None) -> Prediction:
+    def to_x0_eps(self, pred: Tensor, x_t: Tensor, t: Tensor, index: Tensor | None = None,
+                  c: Coefficients | None = None) -> Prediction:
         """For a velocity ``v = eps - x0`` the general conversion reduces to ``x0 = x_t - t v``,
         ``eps = x_t + (1 - t) v`` (the same values with a third of the tensor operations)."""
         if self.prediction != "velocity":
-            return super().to_x0_eps(pred, x_t, t, index)
-        c = self.coefficients(t, x_t, index)
+            return super().to_x0_eps(pred, x_t, t, index, c)
+        c = self.coefficients(t, x_t, index) if c is None else c
         return Prediction(x0=x_t - c.sigma * pred, eps=x_t + c.alpha * pred)
 
     def _t_from_scaled_sigma(self, target: Tensor) -> Tensor:
@@ -476,11 +558,37 @@ class FlowProcess(GaussianProcess):
         ts = super().time_grid(steps, kind, rho, shift)
         return self.shift * ts / (1 + (self.shift - 1) * ts)
 
-    def ode_coords_of(self, alpha: Tensor, sigma: Tensor) -> tuple[Tensor, Tensor]:
-        """Flow paths integrate ``x`` directly in ``t = sigma`` (the straight-path ODE; scale exactly 1)."""
-        return sigma, torch.ones_like(sigma)
+    def ode_coords_of(self, alpha: Tensor, sigma: Tensor) -> tuple[Tensor, Tensor | None]:
+        """Flow paths integrate ``x`` directly in ``t = sigma`` (the straight-path ODE; scale 1, given as ``None``)."""
+        return sigma, None
 
 
 @PROCESSES.register("flow", config=FlowConfig, help="linear flow matching / rectified flow (optional minibatch OT)")
 def _build_flow(**kw) -> FlowProcess:
     return FlowProcess(**kw)
+
+
+# ------------------------------------------------------------------------------------------------
+# Zero centre of mass (EDM for molecules)
+# ------------------------------------------------------------------------------------------------
+ZERO_COM_PATHS = {"vp": (VPProcess, VPConfig), "ve": (VEProcess, VEConfig), "edm": (EDMProcess, EDMConfig),
+                  "flow": (FlowProcess, FlowConfig)}
+
+
+@dataclass
+class ZeroCoMConfig:
+    """``path``: the Gaussian path (vp | ve | edm | flow); ``options``: that path's own keys (e.g. schedule)."""
+
+    path: Literal["vp", "ve", "edm", "flow"] = "edm"
+    options: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+@PROCESSES.register("zero_com", config=ZeroCoMConfig,
+                    help="Gaussian path (vp/ve/edm/flow) on point clouds with zero centre of mass per sample (EDM, Hoogeboom et al. 2022)")
+def _build_zero_com(path: str = "edm", options: dict[str, Any] | None = None) -> GaussianProcess:
+    cls, config = ZERO_COM_PATHS[path]
+    known = {f.name for f in fields(config)}
+    unknown = sorted(set(options or {}) - known)
+    if unknown:
+        raise ValueError(f"unknown option(s) {', '.join(unknown)} for the zero_com '{path}' path (known: {', '.join(sorted(known))})")
+    return cls(**{**asdict(config(**(options or {}))), "zero_com": True})

@@ -1,17 +1,8 @@
-"""Solvers (pure step functions) and the sampling loop."""
-from sciffusion.sampling.loop import Constraint, DenoiseFn, State, nfe, solve, steps_for_nfe
-from sciffusion.sampling.steps import (
-    ddim_step,
-    ddpm_step,
-    dpmpp_2m_step,
-    euler_maruyama_step,
-    euler_step,
-    heun_correct,
-    langevin_correct,
-    sde_coefficients,
-)
+"""Solvers (registered objects over pure step functions) and the sampling loop."""
+from sciffusion.sampling.loop import Constraint, DenoiseFn, State, batch_size, nfe, solve, steps_for_nfe
+from sciffusion.sampling.solvers import Solver, StepInput, compatible_solvers, get_solver, register_solver, resolve_solvers
 
 __all__ = [
-    "Constraint", "DenoiseFn", "State", "ddim_step", "ddpm_step", "dpmpp_2m_step", "euler_maruyama_step", "euler_step",
-    "heun_correct", "langevin_correct", "nfe", "sde_coefficients", "solve", "steps_for_nfe",
+    "Constraint", "DenoiseFn", "Solver", "State", "StepInput", "batch_size", "compatible_solvers", "get_solver", "nfe",
+    "register_solver", "resolve_solvers", "solve", "steps_for_nfe",
 ]

@@ -151,7 +151,7 @@ class GaussianMixture:
         The state holds one dense field ``(B, D)`` on ``process``'s path.
         """
 
-        def denoise(x: State, t: Tensor) -> dict[str, Prediction]:
+        def denoise(x: State, t: Tensor, path: dict | None = None) -> dict[str, Prediction]:
             alpha, sigma = process.alpha_sigma(t.to(torch.float64))
             return {field: self.predict(x[field], alpha, sigma)}
 

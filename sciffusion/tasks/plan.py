@@ -126,7 +126,7 @@ class TrajectoryPlanner(nn.Module):
         if self.value_net is not None:
             t = self.process.sample_time(x0.shape[0], rng.fork(2000), "uniform").to(x0.device)
             x_t = self.process.add_noise(x0, rng.fork(2001).randn_like(x0), t)
-            _, t_in = self.process.net_input(x_t, t)
+            t_in = self.process.time_input(t)
             loss = loss + ((self.value_net(x_t, t_in.to(x0.dtype)) - batch["value"].to(x0.dtype)) ** 2).mean()
         if self.inverse_dynamics is not None:
             s = self.spec.states(x0)
@@ -225,9 +225,8 @@ def value_guidance(planner: TrajectoryPlanner, scale: float) -> GradientGuidance
         raise TrajectoryError("value guidance needs a planner trained with a value network")
     field = planner.field
 
-    def loss(x0: dict[str, Tensor], x_t: dict[str, Tensor], t: Tensor) -> Tensor:
-        _, t_in = planner.process.net_input(x_t[field], t)
-        return -planner.value_net(x_t[field], t_in.to(x_t[field].dtype))
+    def loss(x0: dict[str, Tensor], x_t: dict[str, Tensor], t: Tensor, index: dict[str, Tensor]) -> Tensor:
+        return -planner.value_net(x_t[field], planner.process.time_input(t).to(x_t[field].dtype))
 
     return GradientGuidance(loss, scale=scale, fields=[field], through_model=True)
 
@@ -241,7 +240,7 @@ def cost_guidance(planner: TrajectoryPlanner, cost: Callable[[Tensor], Tensor], 
     """
     field = planner.field
 
-    def loss(x0: dict[str, Tensor], x_t: dict[str, Tensor], t: Tensor) -> Tensor:
+    def loss(x0: dict[str, Tensor], x_t: dict[str, Tensor], t: Tensor, index: dict[str, Tensor]) -> Tensor:
         return cost(planner.spec.states(planner.unnormalize(x0[field])))
 
     return GradientGuidance(loss, scale=scale, fields=[field], through_model=through_model, substeps=substeps)

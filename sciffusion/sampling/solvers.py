@@ -1,0 +1,181 @@
+"""Registered solvers: which processes each drives, what one step costs, and the step itself.
+
+A :class:`Solver` is a registered object (``sciffusion list`` shows them). It declares the process classes it
+can drive (:meth:`Solver.compatible`) and whether a step evaluates the network a second time at the proposal
+(``correct``: Heun, predictor-corrector), which fixes its NFE per step in one place (:meth:`Solver.nfe`).
+``step`` and ``correct`` are pure: the only state carried between steps is the explicit ``memory`` a step
+returns and gets back (e.g. DPM-Solver++(2M)'s previous clean-sample estimate).
+
+Adding a solver is one :func:`register_solver` call.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from torch import Tensor
+
+from sciffusion.processes import Coefficients, GaussianProcess, broadcast
+from sciffusion.processes.base import Process
+from sciffusion.processes.gaussian import shared_time
+from sciffusion.registry import SOLVERS
+from sciffusion.sampling import steps as S
+
+
+@dataclass(frozen=True)
+class StepInput:
+    """What a solver step sees for one field.
+
+    Attributes:
+        x: the field at ``t`` (``(B, ...)`` or ragged ``(N, ...)``).
+        pred: the denoiser's prediction for it at ``t`` (the process's own type).
+        t, s: current and next time ``(B,)``; ``s < t``.
+        path_t, path_s: the process's path values at ``t`` and ``s`` (Gaussian: :class:`Coefficients` broadcast to
+            ``x``; ``None`` for processes without a table).
+        index: the sample of every row of a ragged field, else ``None``.
+        noise: draws a standard-normal tensor shaped like ``x`` from the sampler's generator.
+        generator: that generator (for categorical or other non-Gaussian draws).
+        memory: what this solver's previous step returned for the field (``None`` on the first).
+        last: whether ``s`` is the end of the grid.
+        eta: DDIM stochasticity; ``pc_snr``: the Langevin corrector's signal-to-noise ratio.
+    """
+
+    x: Tensor
+    pred: Any
+    t: Tensor
+    s: Tensor
+    path_t: Any
+    path_s: Any
+    index: Tensor | None
+    noise: Callable[[], Tensor]
+    generator: Any
+    memory: Any
+    last: bool
+    eta: float = 0.0
+    pc_snr: float = 0.16
+
+
+StepFn = Callable[[Process, StepInput], "tuple[Tensor, Any]"]
+CorrectFn = Callable[[Process, StepInput, Tensor, Any], Tensor]
+
+
+@dataclass(frozen=True)
+class Solver:
+    """A reverse-time solver for the process classes in ``drives``.
+
+    ``step(process, inp) -> (x_s, memory)``; ``correct(process, inp, proposal, pred_at_proposal) -> x_s`` runs after
+    a second network evaluation at ``(proposal, s)`` (not on the last step).
+    """
+
+    name: str
+    help: str
+    drives: tuple[type, ...]
+    step: StepFn
+    correct: CorrectFn | None = None
+
+    def compatible(self, process: Process) -> bool:
+        return isinstance(process, self.drives)
+
+    def nfe(self, steps: int) -> int:
+        """Network evaluations for ``steps`` steps (CFG doubles the batch, not the NFE)."""
+        return steps if self.correct is None else 2 * steps - 1
+
+    def steps_for_nfe(self, budget: int) -> int:
+        """Largest number of steps whose NFE fits in ``budget`` (at least 1)."""
+        return max(1, budget if self.correct is None else (budget + 1) // 2)
+
+
+def register_solver(solver: Solver) -> Solver:
+    """Make ``solver`` available by name to samplers, configs and ``sciffusion list``."""
+    families = ", ".join(sorted(c.__name__ for c in solver.drives))
+    cost = "1" if solver.correct is None else "2 (1 on the last step)"
+    SOLVERS.register(solver.name, help=f"{solver.help}; NFE {cost} per step; drives {families}")(lambda: solver)
+    return solver
+
+
+def get_solver(name: str) -> Solver:
+    """The registered solver ``name`` (an unknown name is a one-line ``RegistryError``)."""
+    return SOLVERS.build(name)
+
+
+def resolve_solvers(processes: dict[str, Process], solver: str | dict[str, str]) -> dict[str, Solver]:
+    """The solver of every field.
+
+    ``solver`` is one name for all fields (a field whose process it cannot drive gets that process's declared
+    ``default_solver``) or ``{field: name}`` (a field left out gets its default; a named solver that cannot drive
+    its field is an error naming both).
+    """
+    per_field = isinstance(solver, dict)
+    if per_field:
+        unknown = sorted(set(solver) - set(processes))
+        if unknown:
+            raise ValueError(f"solver given for unknown field(s) {', '.join(unknown)} (fields: {', '.join(processes)})")
+    chosen: dict[str, Solver] = {}
+    for field, process in processes.items():
+        name = solver.get(field, process.default_solver) if per_field else solver
+        candidate = get_solver(name)
+        if not candidate.compatible(process):
+            if per_field and field in solver:
+                raise ValueError(f"solver '{name}' cannot drive field '{field}' ({type(process).__name__}); "
+                                 f"solvers for it: {', '.join(compatible_solvers(process))}")
+            candidate = get_solver(process.default_solver)
+        chosen[field] = candidate
+    return chosen
+
+
+def compatible_solvers(process: Process) -> list[str]:
+    """Names of the registered solvers that can drive ``process``."""
+    return [n for n in SOLVERS.names() if get_solver(n).compatible(process)]
+
+
+# ------------------------------------------------------------------------------------------------
+# Gaussian solvers
+# ------------------------------------------------------------------------------------------------
+def _ddim(process: GaussianProcess, inp: StepInput) -> tuple[Tensor, Any]:
+    noise = inp.noise() if inp.eta > 0 else None
+    return S.ddim_step(inp.x, inp.pred, inp.path_t, inp.path_s, inp.eta, noise), None
+
+
+def _ddpm(process: GaussianProcess, inp: StepInput) -> tuple[Tensor, Any]:
+    return S.ddpm_step(inp.x, inp.pred, inp.path_t, inp.path_s, inp.noise()), None
+
+
+def _dpmpp_2m(process: GaussianProcess, inp: StepInput) -> tuple[Tensor, Any]:
+    prev_x0, c_prev = inp.memory if inp.memory is not None else (None, None)
+    x_s = S.dpmpp_2m_step(inp.x, inp.pred, inp.path_t, inp.path_s, prev_x0, c_prev)
+    return x_s, (inp.pred.x0, inp.path_t)
+
+
+def _euler(process: GaussianProcess, inp: StepInput) -> tuple[Tensor, Any]:
+    return S.euler_step(process, inp.x, inp.pred, inp.path_t, inp.path_s), None
+
+
+def _heun_correct(process: GaussianProcess, inp: StepInput, proposal: Tensor, pred_s: Any) -> Tensor:
+    return S.heun_correct(process, inp.x, inp.pred, pred_s, inp.path_t, inp.path_s)
+
+
+def _euler_maruyama(process: GaussianProcess, inp: StepInput) -> tuple[Tensor, Any]:
+    """The SDE ends on the denoised mean (Song et al.'s last step); where its drift is singular (``alpha = 0``:
+    the flow path at ``t = 1``) it takes an ancestral step instead."""
+    c_t: Coefficients = inp.path_t
+    if inp.last:
+        return inp.pred.x0, None
+    if bool((c_t.alpha == 0).any()):
+        return S.ddpm_step(inp.x, inp.pred, c_t, inp.path_s, inp.noise()), None
+    dt = broadcast(shared_time(inp.s, inp.index) - shared_time(inp.t, inp.index), inp.x, inp.index)
+    return S.euler_maruyama_step(inp.x, inp.pred, c_t, dt, inp.noise()), None
+
+
+def _langevin_correct(process: GaussianProcess, inp: StepInput, proposal: Tensor, pred_s: Any) -> Tensor:
+    return S.langevin_correct(proposal, pred_s, inp.path_s.sigma, inp.noise(), inp.pc_snr)
+
+
+GAUSSIAN = (GaussianProcess,)
+register_solver(Solver("ddpm", "DDPM ancestral sampling (posterior variance)", GAUSSIAN, _ddpm))
+register_solver(Solver("ddim", "DDIM, deterministic for eta=0, stochastic for eta>0", GAUSSIAN, _ddim))
+register_solver(Solver("dpmpp_2m", "DPM-Solver++(2M) multistep, data prediction", GAUSSIAN, _dpmpp_2m))
+register_solver(Solver("euler", "Euler on the probability-flow ODE", GAUSSIAN, _euler))
+register_solver(Solver("heun", "Heun (2nd order) on the probability-flow ODE", GAUSSIAN, _euler, _heun_correct))
+register_solver(Solver("euler_maruyama", "Euler-Maruyama on the reverse SDE", GAUSSIAN, _euler_maruyama))
+register_solver(Solver("pc", "predictor-corrector: reverse-SDE predictor + Langevin corrector", GAUSSIAN,
+                       _euler_maruyama, _langevin_correct))
