@@ -58,12 +58,14 @@ def bar(name: str, value: float, op: str, target: float) -> dict[str, Any]:
     return {"name": name, "value": value, "op": op, "target": target, "met": bool(ok)}
 
 
-def write_results(name: str, payload: dict[str, Any], packages: Iterable[str] = ("sciffusion", "torch", "numpy", "scipy")) -> Path:
-    """Write ``benchmarks/results/<name>.json`` atomically with machine, date and versions added."""
-    RESULTS.mkdir(parents=True, exist_ok=True)
+def write_results(name: str, payload: dict[str, Any], packages: Iterable[str] = ("sciffusion", "torch", "numpy", "scipy"),
+                  folder: str | Path = RESULTS) -> Path:
+    """Write ``<folder>/<name>.json`` (default ``benchmarks/results``) atomically with machine, date and versions added."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
     body = {"benchmark": name, "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), "machine": machine(),
             "versions": versions(packages), **payload}
-    path = RESULTS / f"{name}.json"
+    path = folder / f"{name}.json"
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(body, indent=2, default=float) + "\n")
     return path

@@ -12,6 +12,7 @@ their success rates), and a forbidden region added at test time only (cost guida
 fraction of episodes whose executed path avoids it and their success.
 
     python benchmarks/control_pointmaze.py [--mazes umaze,medium,large] [--episodes 50] [--train-steps N] [--merge]
+    python benchmarks/control_pointmaze.py --smoke [--results-dir DIR]   # minutes: the whole script at tiny settings
 
 The forbidden region's guidance settings (scale, cost margin, gradient sub-steps) are chosen by a pilot
 on episode seeds ``--pilot-seed ..`` (disjoint from the evaluation seeds), among ``REGION_GRID``, by the
@@ -19,7 +20,9 @@ rule in ``pick_region_guidance``; the pilot table is written beside the result.
 
 Writes ``benchmarks/results/control_pointmaze.json``. ``--merge`` reruns only ``--mazes`` and keeps the
 other mazes' entries and bars from the existing file; each maze's entry records the run that produced it
-(``produced_by``: date, git commit, files changed but not committed, command).
+(``produced_by``: date, git commit, files changed but not committed, command). ``--smoke`` checks that the
+script runs end to end: tiny data, training, episodes and pilot, with data, runs and results in a new temp
+folder (never ``benchmarks/results``).
 """
 from __future__ import annotations
 
@@ -29,6 +32,7 @@ import json
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -67,6 +71,10 @@ REGION_STARTS = [[3, 1], [3, 2]]  # bottom row: every path to the goal (1, 1) pa
 REGION_GRID = [(s, m, k) for k in (1, 50) for m in (0.1, 0.15) for s in (100.0, 500.0, 2000.0)]
 PILOT_EPISODES = 100
 UMAZE_ONLY_BARS = ("plan_speedup_vs_ddpm256", "avoid_rate_guided", "success_guided")
+LATENCY_REPEATS = 7
+# --smoke: generated steps, planner and BC training steps, episodes (evaluation and pilot), pilot grid size, latency repeats
+SMOKE = {"data_steps": 5000, "train_steps": 20, "bc_steps": 20, "episodes": 2, "pilot_episodes": 2, "pilot_grid": 1,
+         "latency_repeats": 1}
 
 
 def region(margin: float = 0.15, scale: float = 1.0, substeps: int = 1) -> ForbiddenRegion:
@@ -135,23 +143,36 @@ def main() -> None:
     ap.add_argument("--data-steps", type=int, default=1_000_000)
     ap.add_argument("--train-steps", type=int, default=None, help="planner training steps (default: the config's)")
     ap.add_argument("--bc-steps", type=int, default=20_000)
-    ap.add_argument("--work", default=str(ROOT / "runs/bench_control_pointmaze"))
+    ap.add_argument("--work", default=None, help="runs and plots (default: runs/bench_control_pointmaze; with --smoke a new "
+                                                 "temp folder)")
+    ap.add_argument("--results-dir", default=None, help="where control_pointmaze.json goes (default: benchmarks/results; "
+                                                        "with --smoke the work folder)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1 avoids spinning on a shared CPU)")
     ap.add_argument("--pilot-seed", type=int, default=1000, help="first episode seed of the region-guidance pilot")
     ap.add_argument("--merge", action="store_true", help="rerun only --mazes; keep the other mazes' entries and bars "
                                                           "from the existing results file")
+    ap.add_argument("--smoke", action="store_true", help="run everything at tiny settings (replacing --data-steps, "
+                                                         f"--train-steps, --bc-steps, --episodes): {SMOKE}")
     args = ap.parse_args()
-    if args.pilot_seed < args.seed + args.episodes and args.seed < args.pilot_seed + PILOT_EPISODES:
+    pilot_episodes, pilot_grid, latency_repeats = PILOT_EPISODES, REGION_GRID, LATENCY_REPEATS
+    if args.smoke:
+        args.data_steps, args.train_steps, args.bc_steps, args.episodes = (SMOKE[k] for k in ("data_steps", "train_steps",
+                                                                                               "bc_steps", "episodes"))
+        pilot_episodes, pilot_grid, latency_repeats = SMOKE["pilot_episodes"], REGION_GRID[:SMOKE["pilot_grid"]], SMOKE["latency_repeats"]
+    if args.pilot_seed < args.seed + args.episodes and args.seed < args.pilot_seed + pilot_episodes:
         ap.error("the pilot seeds must not overlap the evaluation seeds")
     run_info = produced_by()
     torch.set_num_threads(args.threads)
-    work = Path(args.work)
+    work = Path(args.work or (tempfile.mkdtemp(prefix="control_pointmaze_smoke_") if args.smoke
+                              else ROOT / "runs/bench_control_pointmaze"))
+    results_dir = Path(args.results_dir or (work if args.smoke else RESULTS))
+    cache_dir = work / "data_cache" if args.smoke else ROOT / "data_cache"
     results: dict[str, Any] = {}
     bars = []
     for maze in args.mazes.split(","):
         name = f"pointmaze-{maze}"
         spec = get_maze(name)
-        cache = ROOT / f"data_cache/{name}-{args.data_steps}-s0"
+        cache = cache_dir / f"{name}-{args.data_steps}-s0"
         t0 = time.perf_counter()
         data = load_or_generate_maze_dataset(name, args.data_steps, 0, cache)
         data_info = {k: data.settings[k] for k in ("n_steps", "seed", "expert", "n_segments", "n_terminal_segments", "generation_seconds")}
@@ -198,7 +219,7 @@ def main() -> None:
 
         if maze == "umaze":
             # latency: DDPM with all 256 training steps vs ours (<= 20 NFE), same model, same run, interleaved
-            lat_ddpm, lat_ours = plan_latencies(planner.model, [("ddpm", 256), (sample.solver, sample.steps)], 7, spec)
+            lat_ddpm, lat_ours = plan_latencies(planner.model, [("ddpm", 256), (sample.solver, sample.steps)], latency_repeats, spec)
             ddpm_res = summarize(run_maze_episodes(spec, planner_agent("open_loop", solver="ddpm", steps=256), args.episodes, args.seed))
             row["latency"] = {"ddpm256_seconds": lat_ddpm, "ours_seconds": lat_ours, "ours_solver": sample.solver,
                               "ours_nfe": sample.steps, "speedup": lat_ddpm / lat_ours,
@@ -209,9 +230,9 @@ def main() -> None:
             # forbidden region at test time only (the planner never saw it): unguided vs cost-guided planner,
             # starts in the bottom row. Guidance settings: pilot on seeds disjoint from the evaluation's.
             pilot = []
-            for scale, margin, substeps in REGION_GRID:
+            for scale, margin, substeps in pilot_grid:
                 res = run_maze_episodes(spec, planner_agent("receding", forbidden=region(margin, scale, substeps), seed=args.pilot_seed),
-                                        PILOT_EPISODES, args.pilot_seed, start_cells=REGION_STARTS, region=region())
+                                        pilot_episodes, args.pilot_seed, start_cells=REGION_STARTS, region=region())
                 s = summarize(res)
                 pilot.append({"guidance_scale": scale, "cost_margin": margin, "substeps": substeps,
                               **{k: s[k] for k in ("avoid_rate", "success_rate", "normalized_score")}})
@@ -234,7 +255,7 @@ def main() -> None:
                 "settings_selection": {
                     "rule": "pilot on episode seeds disjoint from the evaluation's; among the grid's settings with pilot "
                             "avoid_rate >= 0.98 and success_rate >= 0.98, the highest pilot normalized score",
-                    "pilot_episode_seeds": f"{args.pilot_seed}..{args.pilot_seed + PILOT_EPISODES - 1}",
+                    "pilot_episode_seeds": f"{args.pilot_seed}..{args.pilot_seed + pilot_episodes - 1}",
                     "pilot_sampling_seed": args.pilot_seed, "chosen": chosen, "pilot": pilot},
                 **region_rows}
             bars.append({**bar("avoid_rate_guided", region_rows["guided"]["avoid_rate"], ">=", 0.9), "maze": maze})
@@ -242,7 +263,7 @@ def main() -> None:
         results[maze] = row
 
     if args.merge:
-        old_file = RESULTS / "control_pointmaze.json"
+        old_file = results_dir / "control_pointmaze.json"
         old = json.loads(old_file.read_text()) if old_file.exists() else {"results": {}, "bars": []}
         rerun = set(results)
         for maze, entry in old.get("results", {}).items():
@@ -254,7 +275,7 @@ def main() -> None:
         kept = [{**b, "maze": bar_maze(b)} for b in old.get("bars", []) if bar_maze(b) not in rerun]
         bars = [b for m in [*DIFFUSER] for b in [*bars, *kept] if b.get("maze") == m]
         results = {m: results[m] for m in DIFFUSER if m in results}
-    write_results("control_pointmaze", {
+    path = write_results("control_pointmaze", {
         "settings": {"episodes": args.episodes, "episode_seeds": f"{args.seed}..{args.seed + args.episodes - 1}",
                      "protocol": "D4RL maze2d-style: fixed D4RL goal cell (U (1,1), Medium (6,6), Large (7,9)), start cell "
                                  "uniform over free cells >= 0.5 m from the goal, +-0.25 m uniform noise on both "
@@ -265,6 +286,7 @@ def main() -> None:
                      "success": "the ball came within 0.45 m of the goal at least once",
                      "bars_use": "(b) planner with receding-horizon replanning",
                      "torch_threads": args.threads,
+                     **({"smoke": SMOKE} if args.smoke else {}),
                      "provenance": "per maze: results.<maze>.produced_by (git commit and uncommitted files at the start of the "
                                    "run that produced it); the top-level versions.git_commit is HEAD when this file was written",
                      "merge": (f"--merge: {', '.join(args.mazes.split(','))} rerun by this run; the other mazes' entries and "
@@ -274,7 +296,8 @@ def main() -> None:
                     "note": "paper numbers on D4RL maze2d (mujoco-py, 0.5 m goal radius, fixed-goal eval), not re-run here"},
         "results": results,
         "bars": bars,
-    }, packages=("sciffusion", "torch", "numpy", "gymnasium", "gymnasium-robotics", "mujoco"))
+    }, packages=("sciffusion", "torch", "numpy", "gymnasium", "gymnasium-robotics", "mujoco"), folder=results_dir)
+    print(f"results: {path}", flush=True)
 
 
 if __name__ == "__main__":

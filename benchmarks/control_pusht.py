@@ -9,7 +9,8 @@ several solvers and NFE.
 
     python benchmarks/control_pusht.py [--budget-min 120] [--run-dir runs/bench_pusht_dp] [--reuse]
 
-Writes ``benchmarks/results/control_pusht.json``.
+Writes ``benchmarks/results/control_pusht.json`` (``--results-dir`` elsewhere). A tiny end-to-end check:
+``--max-steps 20 --episodes 2 --run-dir DIR/run --gif DIR/rollout.gif --results-dir DIR``.
 """
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import bar, write_results
+from _common import RESULTS, bar, write_results
 from sciffusion.domains.control.datasets import load_pusht
 from sciffusion.domains.control.domain import chunk_latency, evaluate_run
 from sciffusion.domains.control.plots import write_gif
@@ -80,6 +81,7 @@ def main() -> None:
     ap.add_argument("--max-steps", type=int, default=None,
                     help="override trainer.max_steps (so that the wall-clock budget, not the step cap, ends training)")
     ap.add_argument("--gif", default=str(ROOT / "runs/bench_pusht_dp/rollout.gif"))
+    ap.add_argument("--results-dir", default=str(RESULTS), help="where control_pusht.json goes (default: benchmarks/results)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     run_dir = Path(args.run_dir)
@@ -128,7 +130,7 @@ def main() -> None:
         "anchors": {**ANCHORS, "note": "paper numbers (GPU, ~hours of training, 256-1024-channel U-Net), not re-run here"},
         "bars": [bar("mean_coverage", primary["mean_max_coverage"], ">=", 0.80)],
         "gif": (str(gif.relative_to(ROOT)) if gif.is_relative_to(ROOT) else str(gif)) if gif.exists() else None,
-    }, packages=("sciffusion", "torch", "numpy", "gymnasium", "gym-pusht", "pymunk"))
+    }, packages=("sciffusion", "torch", "numpy", "gymnasium", "gym-pusht", "pymunk"), folder=args.results_dir)
 
 
 if __name__ == "__main__":

@@ -25,6 +25,8 @@ samples through the same chunked pipeline (1 solver step) to measure peak memory
     python benchmarks/imputation_pm25.py [--budget-min 50] [--full-test] [--pypots-path DIR] [--work DIR]
     python benchmarks/imputation_pm25.py --phase pilot --work DIR --run-dir DIR/ours_run   # choose the fast solver
     python benchmarks/imputation_pm25.py --phase report --work DIR     # rebuild the JSON from DIR
+    python benchmarks/imputation_pm25.py --budget-min 0.5 --samples 2 --compare-per-month 1 --large-per-month 1 \
+        --timing-rounds 1 --results-dir DIR                           # a tiny end-to-end check (minutes)
 
 ``--pypots-path`` adds a folder to PyPOTS' ``sys.path`` (e.g. one holding the ``transformers`` /
 ``huggingface-hub`` versions it pins, when the main environment has newer ones).
@@ -46,7 +48,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import bar, write_results  # noqa: E402
+from _common import RESULTS, bar, write_results  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "timeseries" / "pm25_cpu.yaml"
@@ -205,7 +207,7 @@ def phase_pilot(args) -> None:
         "windows": {"month": 1, "rows": rows, "targets": int(stack["target_mask"][rows].sum())},
         "samples": args.samples, "solvers": found,
         "chosen": {"solver": chosen, "rule": PILOT_RULE}},
-        packages=("sciffusion", "torch", "numpy", "pandas"))
+        packages=("sciffusion", "torch", "numpy", "pandas"), folder=args.results_dir)
 
 
 def phase_rss_full(args) -> None:
@@ -523,6 +525,7 @@ def main() -> None:
                         "with 50-step ancestral sampling (about an hour on one core); the fast-solver and coverage bars then use them")
     parser.add_argument("--pilot-windows", type=int, default=0, help="validation windows of the pilot, evenly spaced (0: all)")
     parser.add_argument("--run-dir", default=None)
+    parser.add_argument("--results-dir", default=str(RESULTS), help="where the results JSON goes (default: benchmarks/results)")
     args = parser.parse_args()
     from sciffusion.config import load_config
 
@@ -566,7 +569,7 @@ def main() -> None:
 
 def write_report(args, ours_train: dict) -> None:
     result = report(args, ours_train)
-    write_results("imputation_pm25", result, packages=("sciffusion", "torch", "numpy", "pandas", "pypots"))
+    write_results("imputation_pm25", result, packages=("sciffusion", "torch", "numpy", "pandas", "pypots"), folder=args.results_dir)
     print(json.dumps(result["bars"], indent=2))
 
 

@@ -15,8 +15,10 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import sys
+import typing
 from pathlib import Path
 from typing import Sequence
 
@@ -28,19 +30,57 @@ from sciffusion.train.errors import TrainingDiverged
 
 # torch and the domains are imported inside the commands, so that `train missing.yaml` fails fast
 
-__all__ = ["build_parser", "main"]
+__all__ = ["build_parser", "finite_float", "main", "non_negative_float", "positive_int"]
 
 CORE_COMMANDS = ("train", "sample", "evaluate", "list")
 
 
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (counts, steps, batch sizes)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def finite_float(text: str) -> float:
+    """argparse type: a finite number (no nan / inf)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    """argparse type: a finite number >= 0."""
+    value = finite_float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text!r}")
+    return value
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose usage errors are one ``sciffusion: error: ...`` line (exit code 2)."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        _error(f"{message} (see '{self.prog} --help')")
+        raise SystemExit(2)
+
+
 def _add_sampling_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("sampling (defaults: the run's `sample:` config section)")
-    g.add_argument("--n", type=int, help="number of samples")
+    g.add_argument("--n", type=positive_int, help="number of samples")
     g.add_argument("--solver", help="solver name (see `sciffusion list`)")
-    g.add_argument("--steps", type=int, help="number of solver steps")
-    g.add_argument("--batch-size", type=int, dest="batch_size", help="samples per forward batch")
-    g.add_argument("--guidance-scale", type=float, dest="guidance_scale", help="classifier-free guidance scale (1 = off)")
-    g.add_argument("--eta", type=float, help="DDIM eta (0 = deterministic)")
+    g.add_argument("--steps", type=positive_int, help="number of solver steps")
+    g.add_argument("--batch-size", type=positive_int, dest="batch_size", help="samples per forward batch")
+    g.add_argument("--guidance-scale", type=finite_float, dest="guidance_scale", help="classifier-free guidance scale (1 = off)")
+    g.add_argument("--eta", type=non_negative_float, help="DDIM eta (0 = deterministic)")
     g.add_argument("--seed", type=int, help="sampling seed")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where to run the model")
 
@@ -50,7 +90,7 @@ def build_parser(with_domains: bool = True) -> tuple[argparse.ArgumentParser, di
 
     Returns the parser and ``{domain: reason}`` for domains that could not be imported.
     """
-    parser = argparse.ArgumentParser(prog="sciffusion", description="Diffusion and flow-matching models for scientific data.")
+    parser = _Parser(prog="sciffusion", description="Diffusion and flow-matching models for scientific data.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     p = sub.add_parser("train", help="train the model of a config file", description="Train CONFIG; KEY=VALUE items override config keys (e.g. trainer.max_steps=200).")
@@ -62,7 +102,8 @@ def build_parser(with_domains: bool = True) -> tuple[argparse.ArgumentParser, di
     p = sub.add_parser("sample", help="draw samples from a trained run")
     p.add_argument("run_dir", help="run folder written by `sciffusion train`")
     _add_sampling_args(p)
-    p.add_argument("--out", help="output path (default: RUN_DIR/samples)")
+    p.add_argument("--out", help="where to write (default: RUN_DIR/samples). images: a .png file, or a folder that gets "
+                                 "samples.png; other domains: a folder. Other image suffixes (.jpg, ...) are refused")
     p.set_defaults(func=_cmd_sample)
 
     p = sub.add_parser("evaluate", help="compute a trained run's metrics into RUN_DIR/metrics.json")
@@ -174,6 +215,16 @@ def _cmd_list(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------------------------ main
 
 
+def _path_problem(error: OSError) -> str:
+    """One line for a path the command cannot use (a file where a folder goes, no permission, ...)."""
+    if error.filename is None:
+        return str(error)
+    what = {FileExistsError: "a file of that name already exists", NotADirectoryError: "part of the path is a file, not a folder",
+            IsADirectoryError: "it is a folder, not a file", PermissionError: "permission denied"}
+    reason = next((text for kind, text in what.items() if isinstance(error, kind)), error.strerror)
+    return f"{error.filename}: {reason}"
+
+
 def _error(message: object) -> None:
     if env_rank() == 0:
         print("sciffusion: error: " + " ".join(str(message).split()), file=sys.stderr)
@@ -235,6 +286,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if debug:
             raise
         _error(e)
+        return 2
+    except (FileExistsError, NotADirectoryError, IsADirectoryError, PermissionError) as e:
+        if debug:
+            raise
+        _error(_path_problem(e))
         return 2
     except (OSError, NotImplementedError) as e:
         if debug:

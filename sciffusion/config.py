@@ -24,6 +24,7 @@ import dataclasses
 import difflib
 import importlib
 import importlib.util
+import math
 import re
 import types
 import typing
@@ -111,7 +112,7 @@ class TrainerConfig:
     ``batch_size`` is the *global* batch: under DDP each of ``W`` processes takes ``batch_size / W``.
     ``grad_clip`` of ``None`` or ``0`` disables clipping (the norm is still logged and checked).
     ``ema_decay`` of ``0`` disables the EMA model. ``checkpoint_every`` / ``sample_every`` of ``0``
-    mean "only at the end" / "never".
+    mean "only at the end" / "never". ``progress`` draws a progress bar, and only when stderr is a terminal.
     """
 
     max_steps: int = 1000
@@ -195,7 +196,8 @@ class SampleConfig:
         _check(self.steps >= 1, "steps", f"must be >= 1, got {self.steps}")
         _check(self.n >= 1, "n", f"must be >= 1, got {self.n}")
         _check(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
-        _check(self.eta >= 0, "eta", f"must be >= 0, got {self.eta}")
+        _check(math.isfinite(self.guidance_scale), "guidance_scale", f"must be a finite number, got {self.guidance_scale}")
+        _check(math.isfinite(self.eta) and self.eta >= 0, "eta", f"must be a finite number >= 0, got {self.eta}")
 
 
 @dataclass

@@ -34,7 +34,9 @@ from typing import Any, Callable
 
 import torch
 
-from sciffusion.config import Config, SampleConfig, config_from_dict, from_dict, read_yaml, to_dict
+from sciffusion.config import Config, ConfigError, SampleConfig, config_from_dict, from_dict, read_yaml, to_dict
+from sciffusion.extras import install_hint
+from sciffusion.outputs import IMAGE_SUFFIXES, OutputError, check_folder
 from sciffusion.registry import DOMAINS
 from sciffusion.train.checkpoint import EMA_FILE, MODEL_FILE, find_checkpoint, load_meta, load_module_weights
 from sciffusion.train.distributed import resolve_device
@@ -61,7 +63,7 @@ class DomainUnavailable(DomainError):
     """A domain whose optional dependencies are not installed."""
 
     def __init__(self, name: str, cause: BaseException) -> None:
-        super().__init__(f"domain '{name}' needs packages that are not installed ({cause}); install them with: pip install 'sciffusion[{name}]'")
+        super().__init__(f"domain '{name}' needs packages that are not installed ({cause}); install them with: {install_hint(name)}")
         self.domain_name = name
 
 
@@ -81,12 +83,17 @@ class TrainSetup:
         collate: list of items -> batch (default ``torch.utils.data.default_collate``).
         sample_hook: ``(ema_model, step, samples_dir)``, called on rank 0 every
             ``trainer.sample_every`` steps to write samples and plots.
+        batch_sampler: ``(first_step, last_step, rank, world) -> sampler`` yielding this rank's item indices for
+            each step (default: :class:`~sciffusion.train.batches.StepBatchSampler` with ``trainer.batch_size``;
+            ragged data can use :class:`~sciffusion.train.batches.NodeBudgetBatchSampler`). Every rank must get
+            the same number of items per step.
     """
 
     model: torch.nn.Module
     dataset: torch.utils.data.Dataset
     collate: Callable[[list], Any] | None = None
     sample_hook: Callable[[torch.nn.Module, int, Path], None] | None = None
+    batch_sampler: Callable[[int, int, int, int], torch.utils.data.Sampler] | None = None
 
 
 class Domain:
@@ -214,14 +221,20 @@ class Run:
         return from_dict(SampleConfig, values, "sample")
 
     def output_dir(self, args: argparse.Namespace | None = None, default: str = "samples") -> Path:
-        """``--out`` if given, else ``RUN_DIR/<default>``."""
+        """``--out`` if given, else ``RUN_DIR/<default>``: a folder (not created here). An existing file,
+        a file in the way or an image-file name is refused with :class:`~sciffusion.outputs.OutputError`."""
         out = getattr(args, "out", None) if args is not None else None
-        return Path(out) if out else self.run_dir / default
+        path = Path(out) if out else self.run_dir / default
+        if out and path.suffix.lower() in IMAGE_SUFFIXES:
+            raise OutputError(f"--out {path}: domain '{self.domain.name}' writes a folder here, not a {path.suffix} file")
+        return check_folder(path, "--out" if out else "output folder")
 
 
 def load_run(run_dir: str | Path, device: str | torch.device = "auto") -> Run:
     """Load a run folder written by the trainer: config, domain, model with EMA weights."""
     run_dir = Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise RunError(f"{run_dir} is a file, not a run folder")
     if not run_dir.is_dir():
         raise RunError(f"run folder not found: {run_dir}")
     config_path = run_dir / "config.yaml"
@@ -230,13 +243,17 @@ def load_run(run_dir: str | Path, device: str | torch.device = "auto") -> Run:
     ckpt = find_checkpoint(run_dir)
     if ckpt is None:
         raise RunError(f"{run_dir} has no checkpoint yet ({run_dir / 'checkpoints' / 'last'}); train it first")
+    step = load_meta(ckpt)["step"]
     raw = read_yaml(config_path)
     raw["run_dir"] = str(run_dir)
-    cfg = config_from_dict(raw, source=str(config_path))
+    try:
+        cfg = config_from_dict(raw, source=str(config_path))
+    except ConfigError as e:
+        raise RunError(f"{config_path}: {e}") from None
     dev = device if isinstance(device, torch.device) else resolve_device(device)
     domain = get_domain(cfg.domain)
     model = domain.build_model(cfg)
     has_ema = (ckpt / EMA_FILE).is_file()
     load_module_weights(model, ckpt / (EMA_FILE if has_ema else MODEL_FILE))
     model.to(dev).eval()
-    return Run(run_dir=run_dir, config=cfg, domain=domain, model=model, device=dev, step=int(load_meta(ckpt)["step"]), checkpoint=ckpt, has_ema=has_ema)
+    return Run(run_dir=run_dir, config=cfg, domain=domain, model=model, device=dev, step=step, checkpoint=ckpt, has_ema=has_ema)

@@ -206,7 +206,8 @@ class DiffusionModel(nn.Module):
                guidance_scale: float = 1.0, gradient_guidance: Sequence[GradientGuidance] = (),
                constraints: Iterable[Constraint] = (), generator: torch.Generator | None = None,
                index: Index | None = None, clip_x0: float | None = None, progress: bool = False) -> State:
-        """Draw samples. Give ``shapes`` (fresh prior draws) or ``x_init`` (state at ``t = 1``).
+        """Draw samples. Give ``shapes`` (fresh prior draws, in the parameters' float dtype) or ``x_init`` (the state
+        at ``t = 1``).
 
         Args:
             cond: conditioning passed to the network (batch of ``B``).
@@ -225,11 +226,12 @@ class DiffusionModel(nn.Module):
         was_training = self.training
         self.eval()
         try:
-            device = next(self.parameters()).device
+            anchor = next(self.parameters())
             if x_init is None:
                 if shapes is None:
                     raise ValueError("sample() needs shapes or x_init")
-                x_init = self.prior(shapes, generator, device, index=index)
+                dtype = anchor.dtype if anchor.dtype in (torch.float32, torch.float64) else torch.float32
+                x_init = self.prior(shapes, generator, anchor.device, dtype, index)
             denoise = self.denoiser(cond, guidance_scale, gradient_guidance, index)
             if clip_x0 is not None:
                 denoise = _clipped(denoise, self.processes, clip_x0, index or {})

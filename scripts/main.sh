@@ -10,3 +10,4 @@ sciffusion train configs/images/digits.yaml "$@"
 sciffusion sample runs/digits --n 100 --solver dpmpp_2m --steps 20 --guidance-scale 2.0 --out runs/digits/samples/digits_cfg.png
 sciffusion evaluate runs/digits --n 500 --solver dpmpp_2m --steps 20 --guidance-scale 2.0
 echo "samples: runs/digits/samples/digits_cfg.png   metrics: runs/digits/metrics.json"
+echo "to run sciffusion yourself (the README's quickstarts), first type: . .venv/bin/activate"

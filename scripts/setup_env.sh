@@ -6,8 +6,11 @@ cd "$(dirname "$0")/.."
 extras="${1:-}"
 python3 -m venv .venv
 . .venv/bin/activate
-# pip's exit status decides (pipefail); the grep only hides pip's location warnings.
-quiet_pip() { python -m pip install -q "$@" 2>&1 | { grep -v '^WARNING: Location' || true; }; }
+# pip's exit status decides (pipefail); the grep hides pip's location warnings, PYTHONWARNINGS setuptools'
+# notice about editable installs (printed on every install, not a problem).
+quiet_pip() {
+  PYTHONWARNINGS="ignore:Editable installation" python -m pip install -q "$@" 2>&1 | { grep -v '^WARNING: Location' || true; }
+}
 quiet_pip --upgrade pip
 python -c "import torch" 2>/dev/null || quiet_pip "torch==2.13.0"
 spec="."

@@ -1,7 +1,9 @@
-"""A tiny test-only domain: noisy 2-D linear regression with a small MLP.
+"""Tiny test-only domains: noisy 2-D linear regression with a small MLP (``toy``), and ragged 3-D point
+clouds of 2-6 points under a zero-CoM process (``toy_cloud``), batched by torch-geometric.
 
-Importing this module registers domain ``toy`` and net ``_toy_mlp``. Run as a script it is the
-``sciffusion`` CLI with the toy domain available (used by the SIGKILL and torchrun tests):
+Importing this module registers domains ``toy`` and ``toy_cloud`` and nets ``_toy_mlp`` and ``_toy_cloud_net``.
+Run as a script it is the ``sciffusion`` CLI with the toy domains available (used by the SIGKILL and torchrun
+tests):
 
     python tests/_toy_domain.py train CONFIG [KEY=VALUE ...] [--resume]
 """
@@ -163,6 +165,101 @@ def _toy_info(args: argparse.Namespace) -> int:
 
 if "toy" not in DOMAINS:
     DOMAINS.register("toy", help="test-only 2-D regression")(ToyDomain)
+
+
+@dataclass
+class ToyCloudData:
+    """``n`` clouds of ``min_points..max_points`` points around a fixed 3-D template (fixed seed).
+    ``max_nodes`` > 0 batches by a node budget instead of ``trainer.batch_size``, ``multiple`` clouds at a time."""
+
+    n: int = 48
+    min_points: int = 2
+    max_points: int = 6
+    max_nodes: int = 0
+    multiple: int = 1
+
+
+@dataclass
+class ToyCloudNetConfig:
+    hidden: int = 16
+
+
+class ToyCloudNet(nn.Module):
+    """A translation-invariant row-wise net with one round of per-sample mean pooling:
+    ``out_r = MLP([x_r - mean of the sample's rows, |that mean|, t of the sample])`` (ragged: needs ``index``)."""
+
+    def __init__(self, hidden: int) -> None:
+        super().__init__()
+        self.mlp = nn.Sequential(nn.Linear(5, hidden), nn.Tanh(), nn.Linear(hidden, 3))
+
+    def forward(self, x: dict[str, torch.Tensor], t: torch.Tensor, cond: Any = None,
+                index: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+        from sciffusion.processes import segment_mean
+
+        pos = x["pos"]
+        if index is None:  # dense (B, n, 3)
+            pooled = pos.mean(dim=1, keepdim=True).expand_as(pos)
+            t_rows = t[:, None, None].expand(*pos.shape[:2], 1)
+        else:
+            idx = index["pos"]
+            pooled = segment_mean(pos, idx, len(t))[idx]
+            t_rows = t[idx][:, None]
+        return {"pos": self.mlp(torch.cat([pos - pooled, pooled.norm(dim=-1, keepdim=True), t_rows], dim=-1))}
+
+
+if "_toy_cloud_net" not in NETS:
+    NETS.register("_toy_cloud_net", config=ToyCloudNetConfig, help="test-only ragged point-cloud net")(ToyCloudNet)
+
+
+class ToyCloudDataset(torch.utils.data.Dataset):
+    def __init__(self, data: ToyCloudData) -> None:
+        from torch_geometric.data import Data
+
+        gen = torch.Generator().manual_seed(4321)
+        template = torch.randn(data.max_points, 3, generator=gen)
+        sizes = torch.randint(data.min_points, data.max_points + 1, (data.n,), generator=gen).tolist()
+        self.items = []
+        for size in sizes:
+            pos = template[:size] + 0.1 * torch.randn(size, 3, generator=gen)
+            self.items.append(Data(pos=pos - pos.mean(dim=0, keepdim=True), num_nodes=size))
+        self.sizes = sizes
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int):
+        return self.items[i]
+
+
+class ToyCloudDomain(Domain):
+    """Test-only ragged domain (see the module docstring)."""
+
+    name = "toy_cloud"
+    data_config = ToyCloudData
+
+    def build_model(self, cfg: Config) -> nn.Module:
+        from sciffusion.model import diffusion_model_from_config
+
+        return diffusion_model_from_config(cfg.net.build(), {"pos": cfg.process.build()}, cfg.loss)
+
+    def setup(self, cfg: Config) -> TrainSetup:
+        from functools import partial
+
+        from sciffusion.reps.graph import collate_graphs
+        from sciffusion.train.batches import NodeBudgetBatchSampler
+
+        dataset = ToyCloudDataset(cfg.data)
+        sampler = None
+        if cfg.data.max_nodes > 0:
+            def sampler(first_step: int, last_step: int, rank: int, world: int) -> NodeBudgetBatchSampler:
+                return NodeBudgetBatchSampler(dataset.sizes, cfg.data.max_nodes, cfg.seed, first_step, last_step, rank,
+                                              world, multiple=cfg.data.multiple)
+        return TrainSetup(model=self.build_model(cfg), dataset=dataset, collate=partial(collate_graphs, node_fields=["pos"]),
+                          batch_sampler=sampler)
+
+
+if "toy_cloud" not in DOMAINS:
+    DOMAINS.register("toy_cloud", help="test-only ragged point clouds")(ToyCloudDomain)
 
 
 def write_toy_config(path: Path, run_dir: Path, **sections: dict[str, Any]) -> Path:

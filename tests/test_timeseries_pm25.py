@@ -1,22 +1,19 @@
 """AQI-36 (PM2.5) loader reproduces CSDI's split and evaluation targets."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import shared_data
 from sciffusion.domains.timeseries.datasets import PM25_TEST_MONTHS, load_pm25
 
 from sciffusion.reps.series import SeriesWindows
 
-PM25 = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "timeseries" / "pm25"
-
 
 @pytest.fixture(scope="module")
 def pm25():
-    return load_pm25(PM25)
+    return load_pm25(shared_data("timeseries/pm25"))
 
 
 def test_test_months_hold_csdis_20434_targets(pm25) -> None:
@@ -35,7 +32,7 @@ def test_test_months_hold_csdis_20434_targets(pm25) -> None:
 def test_training_months_and_normaliser_exclude_test_months(pm25) -> None:
     train_months = [int(s.index.month[0]) for s in pm25.train]
     assert train_months == [2, 4, 5, 7, 8, 10, 11]  # month 1 is CSDI's validation month
-    ground = pd.read_csv(PM25 / "pm25_ground.txt", index_col="datetime", parse_dates=True)
+    ground = pd.read_csv(shared_data("timeseries/pm25") / "pm25_ground.txt", index_col="datetime", parse_dates=True)
     non_test = ground[~ground.index.month.isin(PM25_TEST_MONTHS)]
     np.testing.assert_allclose(pm25.normalizer.mean, non_test.mean().to_numpy(), rtol=1e-10)
     np.testing.assert_allclose(pm25.normalizer.std, non_test.std().to_numpy(), rtol=1e-10)

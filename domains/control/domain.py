@@ -16,18 +16,19 @@ import argparse
 import dataclasses
 import json
 import time
-from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 import torch
 from torch import nn
 
+from sciffusion.cli import positive_int
 from sciffusion.config import Config
 from sciffusion.domain import Domain, DomainError, Run, TrainSetup
 from sciffusion.model import diffusion_model_from_config
 from sciffusion.nets.value_net import TemporalValueNet
-from sciffusion.registry import DOMAINS
+from sciffusion.outputs import check_file, publish_together
+from sciffusion.registry import DOMAINS, SOLVERS
 from sciffusion.reps.trajectory import (
     EpisodeWindows,
     Normalizer,
@@ -42,6 +43,7 @@ from sciffusion.tasks.plan import (
     TrajectoryPlanner,
 )
 from sciffusion.train.checkpoint import write_json_atomic
+from sciffusion.train.logs import stderr_is_terminal
 
 from .config import ControlData, ControlEval, ForbiddenRegion, TaskConfig
 from .controllers import TrackingConfig
@@ -68,7 +70,8 @@ def maze_data(data: ControlData) -> MazeDataset:
     if data.path is not None:
         return load_maze_dataset(data.path, data.env)
     cache = data.cache or f"data_cache/{data.env}-{data.generate_steps}-s{data.generate_seed}"
-    return load_or_generate_maze_dataset(data.env, data.generate_steps, data.generate_seed, cache, progress=True)
+    return load_or_generate_maze_dataset(data.env, data.generate_steps, data.generate_seed, cache,
+                                         progress=stderr_is_terminal())
 
 
 class PlannerWindows(torch.utils.data.Dataset):
@@ -170,6 +173,14 @@ def _net_kwargs(cfg: Config, **wanted: Any) -> dict[str, Any]:
     return {k: v for k, v in wanted.items() if k in names}
 
 
+def _check_horizon(cfg: Config, horizon: int, key: str) -> None:
+    """A temporal U-Net halves the sequence at every level after the first, so ``horizon`` must divide evenly."""
+    mults = getattr(cfg.net.params, "dim_mults", None)
+    if cfg.net.name == "temporal_unet1d" and mults and horizon % 2 ** (len(mults) - 1):
+        raise ControlConfigError(f"'{key}' ({horizon}) must be divisible by {2 ** (len(mults) - 1)} for a temporal_unet1d "
+                                 f"with {len(mults)} levels (net.dim_mults {list(mults)})")
+
+
 def trajectory_spec(cfg: Config) -> TrajectorySpec:
     task: TaskConfig = cfg.section("task")
     return TrajectorySpec(MAZE_STATE_DIM, MAZE_ACTION_DIM if task.use_actions else 0, task.horizon, task.stride)
@@ -190,6 +201,8 @@ class ControlDomain(Domain):
             return MLPPolicy(observation_dim(cfg), act_dim, task.bc_hidden, task.bc_layers)
         if cfg.net is None or cfg.process is None:
             raise ControlConfigError(f"task.kind '{task.kind}' needs the 'net' and 'process' sections")
+        _check_horizon(cfg, task.pred_horizon if task.kind == "policy" else task.horizon,
+                       "task.pred_horizon" if task.kind == "policy" else "task.horizon")
         if task.kind == "policy":
             obs_dim = observation_dim(cfg)
             act_dim = PUSHT_ACTION_DIM if env == "pusht" else MAZE_ACTION_DIM
@@ -245,7 +258,8 @@ class ControlDomain(Domain):
     def evaluate(self, run: Run, args: argparse.Namespace) -> dict[str, Any]:
         """Closed-loop metrics of a run (``--episodes`` overrides ``control.episodes``)."""
         control: ControlEval = run.config.section("control")
-        episodes = getattr(args, "episodes", None) or control.episodes
+        episodes = getattr(args, "episodes", None)
+        episodes = control.episodes if episodes is None else episodes
         seed = getattr(args, "seed", None)
         pusht = run.config.data.env == "pusht"
         metrics, res = evaluate_run(run.model, run.config, episodes=episodes, seed=control.seed if seed is None else seed,
@@ -267,6 +281,7 @@ class ControlDomain(Domain):
         if task.kind != "planner":
             raise DomainError("control 'sample' draws plans from planner runs; use 'sciffusion evaluate' for policies")
         sc = run.sample_config(args)
+        out = run.output_dir(args, "samples")
         maze = get_maze(run.config.data.env)
         from .evaluation import reset_episodes
 
@@ -276,12 +291,9 @@ class ControlDomain(Domain):
         agent = _planner_agent(run.model, run.config, sc.solver, sc.steps, sc.seed)
         agent.goals = goals
         plans = agent._plan(states)
-        out = run.output_dir(args, "samples")
-        out.mkdir(parents=True, exist_ok=True)
-        tmp = out / "plans.tmp.npz"
-        np.savez(tmp, plans=plans, starts=states, goals=goals)
-        tmp.replace(out / "plans.npz")
-        plot_maze_paths(maze, plans[:, :, :4], None, goals, out / "plans.png")
+        with publish_together([out / "plans.npz", out / "plans.png"]) as (npz, png):
+            np.savez(npz, plans=plans, starts=states, goals=goals)
+            plot_maze_paths(maze, plans[:, :, :4], None, goals, png)
         print(f"wrote {out / 'plans.npz'} and {out / 'plans.png'}")
 
     def add_commands(self, subparsers: argparse._SubParsersAction) -> None:
@@ -290,14 +302,14 @@ class ControlDomain(Domain):
                                               "a planned-vs-executed plot and optionally a GIF.")
         p.add_argument("run_dir", help="planner run folder written by `sciffusion train`")
         p.add_argument("--env", help="environment (must be the one the run was trained on), e.g. pointmaze-medium")
-        p.add_argument("--episodes", type=int, help="episodes (default: control.episodes)")
+        p.add_argument("--episodes", type=positive_int, help="episodes (default: control.episodes)")
         p.add_argument("--mode", choices=["open_loop", "receding"], help="plan once and track, or replan")
-        p.add_argument("--replan-every", type=int, dest="replan_every", help="steps between replans (receding)")
+        p.add_argument("--replan-every", type=positive_int, dest="replan_every", help="steps between replans (receding)")
         p.add_argument("--solver", help="sampling solver (default: sample.solver)")
-        p.add_argument("--steps", type=int, help="solver steps (default: sample.steps)")
+        p.add_argument("--steps", type=positive_int, help="solver steps (default: sample.steps)")
         p.add_argument("--seed", type=int, help="first episode seed (default: control.seed)")
-        p.add_argument("--render", help="write a GIF of the first episode to this path")
-        p.add_argument("--out", help="output folder (default: RUN_DIR/plans)")
+        p.add_argument("--render", help="write an animated GIF of the first episode to this .gif file")
+        p.add_argument("--out", help="output folder for paths.png and plan_metrics.json (default: RUN_DIR/plans)")
         p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
         p.set_defaults(func=_cmd_plan)
 
@@ -308,8 +320,9 @@ class ControlDomain(Domain):
 def _planner_agent(model: TrajectoryPlanner, cfg: Config, solver: str, steps: int, seed: int,
                    mode: str | None = None, replan_every: int | None = None, forbidden: ForbiddenRegion | None = None) -> PlannerAgent:
     control: ControlEval = cfg.section("control")
-    return PlannerAgent(model, TrackingConfig(control.kp, control.gain, control.max_speed), mode=mode or control.mode,
-                        replan_every=replan_every or control.replan_every, solver=solver, steps=steps,
+    return PlannerAgent(model, TrackingConfig(control.kp, control.gain, control.max_speed),
+                        mode=control.mode if mode is None else mode,
+                        replan_every=control.replan_every if replan_every is None else replan_every, solver=solver, steps=steps,
                         value_scale=control.value_scale, forbidden=forbidden if forbidden is not None else control.forbidden,
                         target_return=control.target_return, guidance_scale=cfg.sample.guidance_scale,
                         clip_x0=1.0 if cfg.data.normalizer == "limits" else None, seed=seed)
@@ -348,11 +361,19 @@ def chunk_latency(policy: DiffusionPolicy, obs: np.ndarray, solver: str, steps: 
 def evaluate_run(model: nn.Module, cfg: Config, episodes: int, seed: int, solver: str | None = None, steps: int | None = None,
                  mode: str | None = None, replan_every: int | None = None, frames_for: int | None = None
                  ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Closed-loop evaluation of any control model. Returns (metrics, raw per-episode results)."""
+    """Closed-loop evaluation of any control model. Returns (metrics, raw per-episode results).
+
+    ``solver``, ``steps``, ``mode`` and ``replan_every`` default (``None``) to the config's values;
+    counts below 1 and unknown solvers are refused before any episode runs.
+    """
     task: TaskConfig = cfg.section("task")
     control: ControlEval = cfg.section("control")
-    solver = solver or cfg.sample.solver
-    steps = steps or cfg.sample.steps
+    solver = cfg.sample.solver if solver is None else solver
+    steps = cfg.sample.steps if steps is None else steps
+    for name, value in (("episodes", episodes), ("steps", steps), ("replan_every", replan_every)):
+        if value is not None and value < 1:
+            raise ControlConfigError(f"{name} must be >= 1, got {value}")
+    SOLVERS.get(solver)
     env = cfg.data.env
     metrics: dict[str, Any] = {"env": env, "task": task.kind, "episodes": episodes, "seed": seed}
     if env == "pusht":
@@ -412,19 +433,21 @@ def _cmd_plan(args: argparse.Namespace) -> int:
         if args.env != run.config.data.env:
             raise ControlConfigError(f"{args.run_dir} was trained on '{run.config.data.env}', not '{args.env}'")
     control: ControlEval = run.config.section("control")
-    episodes = args.episodes or control.episodes
+    episodes = control.episodes if args.episodes is None else args.episodes
     seed = control.seed if args.seed is None else args.seed
+    out = run.output_dir(args, "plans")
+    render = check_file(args.render, "--render", (".gif",)) if args.render else None
+    targets = [out / "paths.png", out / "plan_metrics.json"] + ([render] if render is not None else [])
     metrics, res = evaluate_run(run.model, run.config, episodes, seed, args.solver, args.steps, args.mode, args.replan_every)
-    out = Path(args.out) if args.out else run.run_dir / "plans"
-    out.mkdir(parents=True, exist_ok=True)
     maze = get_maze(run.config.data.env)
-    plot_maze_paths(maze, res["paths"], res.get("plans"), res["goals"], out / "paths.png", res["success"], control.forbidden)
-    if args.render:
-        plans = res.get("plans")
-        maze_rollout_gif(maze, res["paths"][0], None if plans is None else plans[0], res["goals"][0], args.render,
-                         region=control.forbidden)
     metrics["step"] = run.step
-    write_json_atomic(out / "plan_metrics.json", metrics)
+    with publish_together(targets) as temps:
+        plot_maze_paths(maze, res["paths"], res.get("plans"), res["goals"], temps[0], res["success"], control.forbidden)
+        write_json_atomic(temps[1], metrics)
+        if render is not None:
+            plans = res.get("plans")
+            maze_rollout_gif(maze, res["paths"][0], None if plans is None else plans[0], res["goals"][0], temps[2],
+                             region=control.forbidden)
     print(json.dumps(metrics, indent=2))
     print(f"wrote {out / 'paths.png'}" + (f" and {args.render}" if args.render else ""))
     return 0

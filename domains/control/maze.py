@@ -19,6 +19,8 @@ from typing import Any
 
 import numpy as np
 
+from sciffusion.extras import require
+
 
 class ControlConfigError(ValueError):
     """Bad environment name, data file or horizon for the control domain."""
@@ -171,10 +173,8 @@ def make_pointmaze_env(spec: MazeSpec) -> Any:
 
     The caller counts steps itself (``spec.max_episode_steps``), so one env can serve many episodes.
     """
-    import gymnasium as gym
-    import gymnasium_robotics
-
-    gym.register_envs(gymnasium_robotics)
+    gym = require("gymnasium", "control", "PointMaze")
+    gym.register_envs(require("gymnasium_robotics", "control", "PointMaze"))
     env = gym.make(spec.gym_id, max_episode_steps=None, continuing_task=True, reset_target=False)
     return env.unwrapped
 

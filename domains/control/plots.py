@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
+from sciffusion.extras import require
 from sciffusion.train.checkpoint import atomic_path
 
 from .config import ForbiddenRegion
@@ -99,8 +100,7 @@ def maze_rollout_gif(spec: MazeSpec, path: np.ndarray, plan: np.ndarray | None, 
 
 def write_gif(frames: Sequence[np.ndarray], out: str | Path, fps: int = 10) -> Path:
     """Write RGB frames ``(H, W, 3)`` uint8 as a looping GIF (atomically)."""
-    import imageio.v2 as imageio
-
+    imageio = require("imageio.v2", "control", "writing a GIF")
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(out, suffix=".gif") as tmp:

@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from sciffusion.extras import require
+
 from .maze import ControlConfigError
 
 PUSHT_OBS_KINDS = ("keypoints", "state")
@@ -58,9 +60,8 @@ def pusht_obs_dim(kind: str) -> int:
 
 def make_pusht_env() -> Any:
     """A headless gym-pusht env with state observations (no time-limit wrapper; the loop counts steps)."""
-    import gym_pusht  # noqa: F401  (registers the env)
-    import gymnasium as gym
-
+    gym = require("gymnasium", "control", "Push-T")
+    require("gym_pusht", "control", "Push-T")  # registers the env
     return gym.make("gym_pusht/PushT-v0", obs_type="state", render_mode="rgb_array").unwrapped
 
 
@@ -78,8 +79,7 @@ def evaluate_pusht(act_fn: Callable[[np.ndarray], np.ndarray], episodes: int = 5
     Returns:
         ``{"max_coverage": (B,), "success": (B,), "steps": (B,), "frames": [...], "seconds": float}``.
     """
-    import cv2
-
+    cv2 = require("cv2", "control", "Push-T frames")
     envs = [make_pusht_env() for _ in range(episodes)]
     states = np.stack([env.reset(seed=seed + i)[0] for i, env in enumerate(envs)])
     done = np.zeros(episodes, bool)

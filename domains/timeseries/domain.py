@@ -26,6 +26,7 @@ from sciffusion.domains.timeseries.datasets import (
     load_weather,
 )
 from sciffusion.domains.timeseries.io import (
+    SUFFIXES,
     SeriesFileError,
     frame_to_series,
     read_table,
@@ -35,9 +36,11 @@ from sciffusion.domains.timeseries.masks import MaskConfig, make_cond_mask
 from sciffusion.domains.timeseries.plots import choose_features, plot_imputation
 
 import sciffusion.nets.csdi  # noqa: F401  (registers the "csdi" net)
+from sciffusion.cli import positive_int
 from sciffusion.config import Config, FieldError
 from sciffusion.domain import Domain, Run, RunError, TrainSetup
 from sciffusion.model import diffusion_model_from_config
+from sciffusion.outputs import check_file, publish_together
 from sciffusion.registry import DOMAINS
 from sciffusion.reps.series import (
     FeatureNormalizer,
@@ -47,11 +50,12 @@ from sciffusion.reps.series import (
     stitch_windows,
 )
 from sciffusion.tasks.impute import ImputationModel, sample_quantiles
-from sciffusion.train.checkpoint import atomic_path, write_json_atomic
+from sciffusion.train.checkpoint import write_json_atomic
 
 FIELD = "values"
 SERIES_META = "series.json"
 DEFAULT_PM25 = Path("..") / "shared" / "data" / "timeseries" / "pm25"
+MAX_STANDARD_SCORE = 1e4  # `impute` refuses observed values further than this many training std from the mean
 
 
 @dataclass
@@ -152,10 +156,17 @@ class SeriesMeta:
 
     @classmethod
     def read(cls, run_dir: str | Path) -> SeriesMeta:
+        """``RUN_DIR/series.json``; a missing, unreadable or incomplete file is a one-line :class:`RunError`."""
         path = Path(run_dir) / SERIES_META
         if not path.is_file():
             raise RunError(f"{run_dir} is not a timeseries run (no {SERIES_META})")
-        return cls.from_json(json.loads(path.read_text(encoding="utf-8")))
+        try:
+            meta = cls.from_json(json.loads(path.read_text(encoding="utf-8")))
+        except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError) as e:
+            raise RunError(f"{path} is damaged ({type(e).__name__}: {e})") from None
+        if meta.normalizer.mean.shape != (len(meta.features),) or meta.normalizer.std.shape != (len(meta.features),):
+            raise RunError(f"{path} is damaged (the normaliser does not match its {len(meta.features)} features)")
+        return meta
 
 
 # ------------------------------------------------------------------------------ imputation
@@ -204,6 +215,7 @@ def impute_series(model: ImputationModel, series: Series, cond: np.ndarray, meta
         draws = model.impute(stack["values"], stack["cond_mask"], stack["time"], n_samples, solver, steps, eta,
                              max_batch, generator)  # (S, W, K, L), normalised
         draws = meta.normalizer.inverse(draws.double())
+        _check_finite(draws, stack["cond_mask"], windows, first, series)
         quantile_parts.append(sample_quantiles(draws, levels).numpy())
         if keep_samples:
             sample_parts.append(draws.float().numpy())
@@ -218,6 +230,20 @@ def impute_series(model: ImputationModel, series: Series, cond: np.ndarray, meta
     if samples is not None:
         samples = np.where(keep[None], original[None], samples)
     return Imputation(quantiles, levels, samples, seconds, len(windows))
+
+
+def _check_finite(draws: torch.Tensor, cond_mask: torch.Tensor, windows: SeriesWindows, first: int, series: Series) -> None:
+    """Refuse non-finite samples ``(S, W, K, L)`` on the entries to impute (``cond_mask`` 0): a gap is never
+    reported filled when it was left empty. Names the first bad feature and window."""
+    bad = (~torch.isfinite(draws) & (cond_mask[None] == 0)).any(dim=3).any(dim=0)  # (W, K)
+    if not bad.any():
+        return
+    w, k = (int(v) for v in torch.nonzero(bad)[0])
+    start = int(windows.windows[first + w, 1])
+    stop = min(start + windows.window, series.length) - 1
+    raise SeriesError(f"the model produced non-finite samples for feature '{series.features[k]}' in window {first + w + 1} "
+                      f"of {len(windows)} ({series.time_name} {series.index[start]} to {series.index[stop]}); "
+                      f"no gap was filled and nothing was written")
 
 
 def linear_interpolation(series: Series, cond: np.ndarray, fallback: np.ndarray | None = None) -> np.ndarray:
@@ -320,13 +346,13 @@ class TimeseriesDomain(Domain):
         p.add_argument("run_dir", help="timeseries run folder written by `sciffusion train`")
         p.add_argument("--input", required=True, help="wide CSV or Parquet: a time column, one column per feature, empty = missing")
         p.add_argument("--output", required=True, help="output CSV or Parquet")
-        p.add_argument("--samples", type=int, dest="n", help="samples per window (default: sample.n of the run)")
+        p.add_argument("--samples", type=positive_int, dest="n", help="samples per window (default: sample.n of the run)")
         p.add_argument("--solver", help="solver (e.g. ddpm, ddim, dpmpp_2m; default: sample.solver)")
-        p.add_argument("--steps", type=int, help="solver steps (default: sample.steps)")
-        p.add_argument("--batch-size", type=int, dest="batch_size", help="series per network batch")
+        p.add_argument("--steps", type=positive_int, help="solver steps (default: sample.steps)")
+        p.add_argument("--batch-size", type=positive_int, dest="batch_size", help="series per network batch")
         p.add_argument("--seed", type=int, help="sampling seed")
         p.add_argument("--quantiles", help="comma-separated quantile levels (default: impute.quantiles of the run)")
-        p.add_argument("--plot", help="write a PNG of chosen features (observed, median, 90%% band)")
+        p.add_argument("--plot", help="also write a .png of chosen features (observed, median, 90%% band)")
         p.add_argument("--plot-features", dest="plot_features", help="comma-separated features to plot (default: most gaps)")
         p.add_argument("--save-samples", dest="save_samples", help="also write the raw samples (S, K, N) to this .npz")
         p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
@@ -354,25 +380,44 @@ def _match_features(series: Series, meta: SeriesMeta, source: str) -> Series:
     return Series(series.values[order], list(meta.features), series.index, series.time_name, step=meta.step)
 
 
-def _copy_atomic(source: Path, target: Path) -> None:
-    with atomic_path(target, suffix=".tmp") as temp:
-        shutil.copyfile(source, temp)
+def _check_magnitudes(series: Series, meta: SeriesMeta, source: Path) -> None:
+    """Refuse observed values more than ``MAX_STANDARD_SCORE`` training standard deviations from the training
+    mean: the network cannot condition on them (1e300 overflows its float32 arithmetic), and they are
+    almost always a unit or data-entry error."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        score = np.abs(meta.normalizer.transform(np.nan_to_num(series.values)))
+    score = np.where(series.observed_mask, score, 0.0)
+    if not (score > MAX_STANDARD_SCORE).any():
+        return
+    k, n = (int(v) for v in np.argwhere(score > MAX_STANDARD_SCORE)[0])
+    raise SeriesFileError(f"{source}: feature {series.features[k]!r} holds {series.values[k, n]:g} at {series.time_name} "
+                          f"{series.index[n]}, {score[k, n]:.3g} training standard deviations from its training mean "
+                          f"(at most {MAX_STANDARD_SCORE:g} are accepted); check the value and its units")
+
+
+def _output_paths(args: argparse.Namespace, source: Path) -> tuple[Path, Path | None, Path | None]:
+    """``--output``, ``--plot`` and ``--save-samples``, checked before any work: suffixes the command writes
+    (so no two are the same file), existing folders, none of them the input file."""
+    output = check_file(args.output, "--output", SUFFIXES, folder_must_exist=True)
+    plot = check_file(args.plot, "--plot", (".png",), folder_must_exist=True) if args.plot else None
+    samples = check_file(args.save_samples, "--save-samples", (".npz",), folder_must_exist=True) if args.save_samples else None
+    given = [p for p in (output, plot, samples) if p is not None]
+    for path in given:
+        if path.resolve() == source.resolve():
+            raise SeriesFileError(f"{path}: refusing to overwrite the input file")
+    return output, plot, samples
 
 
 def _cmd_impute(args: argparse.Namespace) -> int:
     from sciffusion.domain import load_run
 
-    source, output = Path(args.input), Path(args.output)
-    if source.resolve() == output.resolve():
-        raise SeriesFileError(f"{output}: refusing to overwrite the input file")
-    if output.suffix.lower() not in (".csv", ".parquet", ".pq"):
-        raise SeriesFileError(f"{output}: unsupported output type {output.suffix!r} (use .csv or .parquet)")
-    if args.n is not None and args.n < 1:
-        raise SeriesError(f"--samples must be >= 1, got {args.n}")
+    source = Path(args.input)
+    output, plot_path, samples_path = _output_paths(args, source)
     meta = SeriesMeta.read(args.run_dir)
     frame = read_table(source)
     time_column = meta.time_column if meta.time_column in frame.columns else None
     series = _match_features(frame_to_series(frame, time_column, str(source)), meta, str(source))
+    _check_magnitudes(series, meta, source)
     levels = None
     if args.quantiles:
         try:
@@ -381,16 +426,24 @@ def _cmd_impute(args: argparse.Namespace) -> int:
             raise SeriesError(f"--quantiles must be comma-separated numbers, got {args.quantiles!r}") from None
         if any(not 0.0 < q < 1.0 for q in levels):
             raise SeriesError(f"--quantiles must lie in (0, 1), got {args.quantiles!r}")
+    plot_features = None
+    if args.plot_features:
+        plot_features = [f.strip() for f in args.plot_features.split(",")]
+        unknown = [f for f in plot_features if f not in meta.features]
+        if unknown:
+            raise SeriesError(f"--plot-features: unknown features {unknown} (trained: {meta.features})")
     observed = series.observed_mask
     if observed.all():
-        _copy_atomic(source, output)
-        print(f"note: {source} has no missing values; {output} is a copy of it")
+        with publish_together([output]) as (temp,):
+            shutil.copyfile(source, temp)
+        skipped = "; nothing to plot or sample" if plot_path or samples_path else ""
+        print(f"note: {source} has no missing values; {output} is a copy of it{skipped}")
         return 0
     run = load_run(args.run_dir, device=args.device)
     sc = run.sample_config(args)
     levels = levels or list(run.config.section("impute").quantiles)
     imputation = impute_series(run.model, series, observed, meta, sc.n, sc.solver, sc.steps, levels, sc.eta,
-                               sc.batch_size, sc.seed, keep_samples=bool(args.save_samples))
+                               sc.batch_size, sc.seed, keep_samples=samples_path is not None)
     out = frame.copy()
     feature_columns = {str(c): c for c in frame.columns}
     median = imputation.level(0.5)
@@ -398,25 +451,19 @@ def _cmd_impute(args: argparse.Namespace) -> int:
         out[feature_columns[name]] = np.where(observed[k], series.values[k], median[k])
     quantile_columns = {_quantile_column(name, q): imputation.level(q)[k] for k, name in enumerate(meta.features) for q in levels}
     out = pd.concat([out, pd.DataFrame(quantile_columns, index=out.index)], axis=1)
-    plot_path = Path(args.plot) if args.plot else None
-    if plot_path is not None:
-        if args.plot_features:
-            wanted = [f.strip() for f in args.plot_features.split(",")]
-            unknown = [f for f in wanted if f not in meta.features]
-            if unknown:
-                raise SeriesError(f"--plot-features: unknown features {unknown} (trained: {meta.features})")
-            chosen = [meta.features.index(f) for f in wanted]
-        else:
-            chosen = choose_features(observed, run.config.section("impute").plot_features)
-    write_frame(out, output)
-    if args.save_samples:
-        samples_path = Path(args.save_samples)
-        with atomic_path(samples_path, suffix=".npz") as temp:
-            np.savez_compressed(temp, samples=imputation.samples.astype(np.float32), features=np.asarray(meta.features))
-    if plot_path is not None:
-        plot_imputation(np.asarray(series.index), meta.features, observed, median, imputation.level(0.05),
-                        imputation.level(0.95), chosen, plot_path,
-                        title=f"{source.name}: imputed median and 90% band ({sc.n} samples, {sc.solver}, {sc.steps} steps)")
+    if plot_features is not None:
+        chosen = [meta.features.index(f) for f in plot_features]
+    else:
+        chosen = choose_features(observed, run.config.section("impute").plot_features)
+    targets = [p for p in (output, samples_path, plot_path) if p is not None]
+    with publish_together(targets) as temps:
+        write_frame(out, temps[0])
+        if samples_path is not None:
+            np.savez_compressed(temps[1], samples=imputation.samples.astype(np.float32), features=np.asarray(meta.features))
+        if plot_path is not None:
+            plot_imputation(np.asarray(series.index), meta.features, observed, median, imputation.level(0.05),
+                            imputation.level(0.95), chosen, temps[-1],
+                            title=f"{source.name}: imputed median and 90% band ({sc.n} samples, {sc.solver}, {sc.steps} steps)")
     missing = int((~observed).sum())
     print(f"imputed {missing} missing entries in {imputation.windows} windows with {sc.n} samples each "
           f"({sc.solver}, {sc.steps} steps, {imputation.seconds:.1f} s); wrote {output}")

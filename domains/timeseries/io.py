@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from sciffusion.extras import require
 from sciffusion.reps.series import Series, SeriesError
 from sciffusion.train.checkpoint import atomic_path
 
@@ -26,6 +27,8 @@ def read_table(path: Path) -> pd.DataFrame:
     if not path.is_file():
         raise SeriesFileError(f"{path}: no such file")
     suffix = path.suffix.lower()
+    if suffix in (".parquet", ".pq"):
+        require("pyarrow", "timeseries", "reading Parquet files")
     try:
         if suffix == ".csv":
             return pd.read_csv(path)
@@ -112,6 +115,8 @@ def write_frame(frame: pd.DataFrame, path: str | os.PathLike) -> None:
     folder = path.parent if str(path.parent) else Path(".")
     if not folder.is_dir():
         raise SeriesFileError(f"{path}: folder {folder} does not exist")
+    if suffix != ".csv":
+        require("pyarrow", "timeseries", "writing Parquet files")
     with atomic_path(path, suffix=".tmp") as temp:
         if suffix == ".csv":
             frame.to_csv(temp, index=False)

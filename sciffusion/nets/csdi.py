@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from sciffusion.nets.checks import at_least, divisible, dropout_rate, finite_positive
 from sciffusion.registry import NETS
 
 
@@ -53,6 +54,14 @@ class CSDIConfig:
     feature_embedding_dim: int = 16
     time_scale: float = 1000.0
     dropout: float = 0.1
+
+    def __post_init__(self) -> None:
+        at_least(self, 0, "num_features")
+        at_least(self, 1, "channels", "layers", "heads", "ff_dim", "diffusion_embedding_dim", "time_embedding_dim",
+                 "feature_embedding_dim")
+        divisible("channels", self.channels, "heads", self.heads)
+        finite_positive("time_scale", self.time_scale)
+        dropout_rate("dropout", self.dropout)
 
 
 def sinusoidal(positions: Tensor, dim: int, max_period: float = 10_000.0) -> Tensor:
@@ -121,8 +130,6 @@ class CSDINet(nn.Module):
         super().__init__()
         if config.num_features < 1:
             raise ValueError(f"csdi net: num_features must be >= 1, got {config.num_features}")
-        if config.channels % config.heads:
-            raise ValueError(f"csdi net: channels ({config.channels}) must be divisible by heads ({config.heads})")
         self.config = config
         dim = config.diffusion_embedding_dim
         self.diffusion_mlp = nn.Sequential(nn.Linear(dim, dim), nn.SiLU(), nn.Linear(dim, dim), nn.SiLU())

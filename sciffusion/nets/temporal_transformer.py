@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
+from sciffusion.nets.checks import at_least, check_cfg_keys, check_cond_dims, divisible, dropout_rate
 from sciffusion.nets.temporal_unet import ConditionEmbedding, nan_drop
 from sciffusion.registry import NETS
 
@@ -32,6 +33,13 @@ class TemporalTransformerConfig:
     cond_emb_dim: int = 128
     cfg_keys: list[str] | None = None
     field: str = "traj"
+
+    def __post_init__(self) -> None:
+        at_least(self, 0, "transition_dim", "horizon", "cond_emb_dim")
+        at_least(self, 1, "d_model", "n_heads", "n_layers", "time_dim")
+        divisible("d_model", self.d_model, "n_heads", self.n_heads)
+        dropout_rate("dropout", self.dropout)
+        check_cond_dims(self.cond_dims)
 
 
 class TemporalTransformer(nn.Module):
@@ -56,7 +64,7 @@ class TemporalTransformer(nn.Module):
             raise ValueError(f"transition_dim and horizon must be >= 1, got {transition_dim}, {horizon}")
         self.field, self.transition_dim, self.horizon = field, transition_dim, horizon
         self.embed = ConditionEmbedding(time_dim, dict(cond_dims or {}), cond_emb_dim)
-        self.cfg_keys = list(self.embed.cond_names if cfg_keys is None else cfg_keys)
+        self.cfg_keys = check_cfg_keys(self.embed.cond_names if cfg_keys is None else cfg_keys, self.embed.cond_names)
         self.cond_proj = nn.Linear(self.embed.dim, d_model)
         self.inp = nn.Linear(transition_dim, d_model)
         self.pos = nn.Parameter(torch.zeros(1, horizon + 1, d_model))

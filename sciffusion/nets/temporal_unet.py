@@ -15,10 +15,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from sciffusion.nets.checks import at_least, check_cfg_keys, check_cond_dims, odd, positive_list
 from sciffusion.nets.embeddings import sinusoidal_embedding
 from sciffusion.registry import NETS
 
@@ -138,6 +140,18 @@ class TemporalUNet1DConfig:
     cfg_keys: list[str] | None = None
     field: str = "traj"
 
+    def __post_init__(self) -> None:
+        check_temporal_unet_sizes(self)
+        at_least(self, 0, "transition_dim", "time_dim", "cond_emb_dim")
+        check_cond_dims(self.cond_dims)
+
+
+def check_temporal_unet_sizes(config: Any) -> None:
+    """The U-Net sizes the temporal U-Net and the value net share: ``dim``, ``dim_mults``, ``kernel_size``, ``n_groups``."""
+    at_least(config, 1, "dim", "n_groups")
+    positive_list("dim_mults", config.dim_mults)
+    odd("kernel_size", config.kernel_size)
+
 
 class TemporalUNet1D(nn.Module):
     """``net({field: (B, H, D)}, t (B,), cond) -> {field: (B, H, D)}``.
@@ -168,7 +182,7 @@ class TemporalUNet1D(nn.Module):
         self.transition_dim = transition_dim
         self.n_down = len(dim_mults) - 1
         self.embed = ConditionEmbedding(time_dim or dim, dict(cond_dims or {}), cond_emb_dim)
-        self.cfg_keys = list(self.embed.cond_names if cfg_keys is None else cfg_keys)
+        self.cfg_keys = check_cfg_keys(self.embed.cond_names if cfg_keys is None else cfg_keys, self.embed.cond_names)
         e = self.embed.dim
         widths = [dim * m for m in dim_mults]
         self.stem = nn.Conv1d(transition_dim, dim, 1)

@@ -11,8 +11,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from sciffusion.config import FieldError
+from sciffusion.nets.checks import at_least, dropout_rate, positive_list
 from sciffusion.nets.embeddings import TimeEmbedding
 from sciffusion.registry import NETS
+
+ATTENTION_HEADS = 4
 
 
 def _norm(channels: int) -> nn.GroupNorm:
@@ -44,7 +48,7 @@ class ResBlock(nn.Module):
 class Attention(nn.Module):
     """Multi-head self-attention over pixels."""
 
-    def __init__(self, channels: int, heads: int = 4) -> None:
+    def __init__(self, channels: int, heads: int = ATTENTION_HEADS) -> None:
         super().__init__()
         self.norm = _norm(channels)
         self.attn = nn.MultiheadAttention(channels, heads, batch_first=True)
@@ -58,6 +62,12 @@ class Attention(nn.Module):
 
 @dataclass
 class UNet2DConfig:
+    """Settings of :class:`UNet2D`; level ``i`` has ``channels * channel_mults[i]`` channels.
+
+    Self-attention (``ATTENTION_HEADS`` heads) runs at the ``attention_levels`` and in the middle block
+    (the deepest level), so those levels' widths must be divisible by the number of heads.
+    """
+
     in_channels: int = 1
     channels: int = 64
     channel_mults: list[int] = field(default_factory=lambda: [1, 2, 2])
@@ -66,6 +76,21 @@ class UNet2DConfig:
     num_classes: int = 0
     dropout: float = 0.1
     field: str = "image"
+
+    def __post_init__(self) -> None:
+        at_least(self, 1, "in_channels", "channels", "blocks_per_level")
+        at_least(self, 0, "num_classes")
+        positive_list("channel_mults", self.channel_mults)
+        levels = len(self.channel_mults)
+        for level in self.attention_levels:
+            if not 0 <= level < levels:
+                raise FieldError("attention_levels", f"names level {level}, but channel_mults {self.channel_mults} has levels 0..{levels - 1}")
+        for level in sorted(set(self.attention_levels) | {levels - 1}):
+            width = self.channels * self.channel_mults[level]
+            if width % ATTENTION_HEADS:
+                raise FieldError("channels", f"x channel_mults[{level}] = {width} channels must be divisible by the "
+                                             f"{ATTENTION_HEADS} attention heads (attention runs at level {level})")
+        dropout_rate("dropout", self.dropout)
 
 
 class UNet2D(nn.Module):

@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from sciffusion.nets.temporal_unet import ConditionEmbedding, ResidualBlock1D
+from sciffusion.nets.checks import at_least
+from sciffusion.nets.temporal_unet import ConditionEmbedding, ResidualBlock1D, check_temporal_unet_sizes
 from sciffusion.registry import NETS
 
 
@@ -26,6 +27,10 @@ class TemporalValueNetConfig:
     kernel_size: int = 5
     n_groups: int = 8
     field: str = "traj"
+
+    def __post_init__(self) -> None:
+        at_least(self, 0, "transition_dim", "horizon")
+        check_temporal_unet_sizes(self)
 
 
 class TemporalValueNet(nn.Module):

@@ -151,7 +151,7 @@ class GaussianProcess(Process):
     def corrupt(self, x0: Tensor, t: Tensor, rng: StepRandom, index: Tensor | None = None,
                 noise: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """``(x_t, eps)``: ``eps`` drawn from ``rng`` unless given (minibatch OT pairs it), projected."""
-        eps = self.project(rng.randn_like(x0) if noise is None else noise, index)
+        eps = self.project(rng.randn_field(x0, index) if noise is None else noise, index)
         return self.add_noise(self.project(x0, index), eps, t, index), eps
 
     def loss(self, out: Tensor, x0: Tensor, x_t: Tensor, aux: Tensor, t: Tensor, index: Tensor | None = None,

@@ -181,7 +181,7 @@ class SO3MMD:
         if not bandwidth > 0:
             raise ValueError(f"bandwidth must be > 0, got {bandwidth}")
         self.target, self.bandwidth, self.chunk = target, float(bandwidth), int(chunk)
-        self._log_k0 = float(igso3_log_density(torch.zeros(()), torch.tensor(self.bandwidth)))
+        self._log_k0 = float(igso3_log_density(torch.zeros((), dtype=torch.float64), torch.tensor(self.bandwidth, dtype=torch.float64)))
         q, pi = target.rotations, target.weights
         self._target_term = float(pi @ self.kernel(q, q) @ pi)
 

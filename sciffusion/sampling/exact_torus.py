@@ -39,8 +39,8 @@ from sciffusion.processes.torus import (
     TorusProcess,
     WrappedNormalProcess,
     wrapped_difference,
-    wrapped_normal_log_density,
-    wrapped_normal_score,
+    wrapped_normal,
+    wrapped_normal_images,
 )
 
 
@@ -91,22 +91,25 @@ class TorusTarget:
         return v.to(x.dtype)
 
     # -- wrapped normal --------------------------------------------------------------------------
+    def _wrapped_normal(self, x: Tensor, sigma: Tensor, n_images: int) -> tuple[Tensor, Tensor]:
+        """Posterior ``(R, M)`` and per-point scores ``score_WN(x - y_j)`` ``(R, M, d)``, float64."""
+        log_kernel, scores = wrapped_normal(self._differences(x), sigma.double()[:, None, None], n_images)
+        return torch.softmax(torch.log(self.weights.to(x.device)) + log_kernel.sum(-1), dim=-1), scores
+
     def wrapped_normal_posterior(self, x: Tensor, sigma: Tensor, n_images: int) -> Tensor:
         """``P(y_j | x_t = x)`` ``(R, M)`` float64 for rows ``x`` ``(R, d)`` at noise levels ``sigma`` ``(R,)`` > 0."""
-        log_kernel = wrapped_normal_log_density(self._differences(x), sigma.double()[:, None, None], n_images).sum(-1)
-        return torch.softmax(torch.log(self.weights.to(x.device)) + log_kernel, dim=-1)
+        return self._wrapped_normal(x, sigma, n_images)[0]
 
     def wrapped_normal_score(self, x: Tensor, sigma: Tensor, n_images: int) -> Tensor:
         """Exact score ``grad log sum_j pi_j WN(x - y_j; sigma)`` ``(R, d)`` (``sigma`` ``(R,)`` > 0)."""
-        diff = self._differences(x)
-        s = sigma.double()[:, None, None]
-        scores = wrapped_normal_score(diff, s, n_images)  # (R, M, d)
-        return (self.wrapped_normal_posterior(x, sigma, n_images)[:, :, None] * scores).sum(1).to(x.dtype)
+        posterior, scores = self._wrapped_normal(x, sigma, n_images)
+        return (posterior[:, :, None] * scores).sum(1).to(x.dtype)
 
     # -- a perfect network -----------------------------------------------------------------------
     def network(self, process: TorusProcess) -> TorusNetwork:
         """``(x_t, t (B,), index) -> raw output`` of a perfect network for ``process``: the velocity for the flow,
-        the score over :meth:`WrappedNormalProcess.score_scale` for the wrapped normal. ``x_t`` is
+        the score over :meth:`WrappedNormalProcess.score_scale` for the wrapped normal (its images chosen from the
+        largest ``sigma`` of the call, truncation error <= 1e-10). ``x_t`` is
         ``(B, ..., d)`` or ragged ``(N, d)``; every row is an independent draw of the target."""
 
         def rows(x_t: Tensor, t: Tensor, index: Tensor | None) -> tuple[Tensor, Tensor]:
@@ -122,7 +125,8 @@ class TorusTarget:
         if isinstance(process, WrappedNormalProcess):
             def normalised_score(x_t: Tensor, t: Tensor, index: Tensor | None = None) -> Tensor:
                 x, t_rows = rows(x_t, t, index)
-                score = self.wrapped_normal_score(x, process.sigma(t_rows), process.n_images)
+                sigma = process.sigma(t_rows)
+                score = self.wrapped_normal_score(x, sigma, wrapped_normal_images(float(sigma.max())))
                 return (score / process.score_scale(t_rows)[:, None]).to(x_t.dtype).reshape(x_t.shape)
 
             return normalised_score

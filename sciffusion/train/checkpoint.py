@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 __all__ = [
@@ -205,14 +205,32 @@ def find_checkpoint(run_dir: str | Path) -> Path | None:
 
 
 def load_meta(ckpt: str | Path) -> dict[str, Any]:
+    """``ckpt/meta.json``, checked: a mapping of this format whose ``step``, ``config``, ``ema`` and
+    ``scaler`` (those present; ``step`` always) have the types the loaders read."""
     path = Path(ckpt) / META_FILE
     try:
         meta = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as e:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise CheckpointError(f"cannot read checkpoint metadata {path}: {e}") from None
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"checkpoint metadata {path} must be a JSON object, got {type(meta).__name__}")
     if meta.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a {FORMAT} checkpoint (format: {meta.get('format')!r})")
+    step = meta.get("step")
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        raise CheckpointError(f"checkpoint metadata {path} has no valid 'step' (got {step!r})")
+    for key, types in (("config", (dict,)), ("ema", (dict,)), ("scaler", (dict, type(None)))):
+        if key in meta and not isinstance(meta[key], types):
+            raise CheckpointError(f"checkpoint metadata {path}: '{key}' must be a JSON object, got {type(meta[key]).__name__}")
+    n_averaged = meta.get("ema", {}).get("n_averaged", 0)
+    if isinstance(n_averaged, bool) or not isinstance(n_averaged, int) or n_averaged < 0:
+        raise CheckpointError(f"checkpoint metadata {path}: 'ema.n_averaged' must be an integer >= 0, got {n_averaged!r}")
     return meta
+
+
+def _unreadable(path: Path, error: Exception) -> CheckpointError:
+    reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+    return CheckpointError(f"{path} is not a readable safetensors file ({reason}); the checkpoint is damaged")
 
 
 def _abbrev(keys: list[str]) -> str:
@@ -224,7 +242,10 @@ def load_module_weights(module: torch.nn.Module, path: str | Path, device: torch
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint file not found: {path}")
-    state = load_file(path, device=str(device))
+    try:
+        state = load_file(path, device=str(device))
+    except (SafetensorError, OSError) as e:
+        raise _unreadable(path, e) from None
     own = module.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
@@ -241,12 +262,20 @@ def load_module_weights(module: torch.nn.Module, path: str | Path, device: torch
 def load_optimizer(optimizer: torch.optim.Optimizer, ckpt: str | Path) -> None:
     """Restore an optimizer from ``ckpt/optimizer.safetensors`` (state moves to the params' device)."""
     path = Path(ckpt) / OPTIMIZER_FILE
-    with safe_open(str(path), framework="pt") as f:
-        metadata = f.metadata() or {}
-        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except (SafetensorError, OSError) as e:
+        raise _unreadable(path, e) from None
     if "structure" not in metadata:
         raise CheckpointError(f"{path} has no optimizer structure metadata")
-    state = unflatten_optimizer_state(tensors, json.loads(metadata["structure"]))
+    try:
+        state = unflatten_optimizer_state(tensors, json.loads(metadata["structure"]))
+        if not isinstance(state["param_groups"], list) or not all(isinstance(g, dict) for g in state["param_groups"]):
+            raise TypeError("param_groups is not a list of objects")
+    except (json.JSONDecodeError, KeyError, TypeError, AttributeError, ValueError) as e:
+        raise CheckpointError(f"{path} has damaged optimizer structure metadata ({type(e).__name__}: {e})") from None
     current = optimizer.state_dict()["param_groups"]
     if len(current) != len(state["param_groups"]):
         raise CheckpointError(f"{path} has {len(state['param_groups'])} parameter groups, the optimizer has {len(current)}")
@@ -254,4 +283,7 @@ def load_optimizer(optimizer: torch.optim.Optimizer, ckpt: str | Path) -> None:
         for key, value in live.items():  # JSON turned tuples (e.g. betas) into lists
             if isinstance(value, tuple) and isinstance(saved.get(key), list):
                 saved[key] = tuple(saved[key])
-    optimizer.load_state_dict(state)
+    try:
+        optimizer.load_state_dict(state)
+    except (ValueError, KeyError, TypeError, RuntimeError) as e:
+        raise CheckpointError(f"{path} does not fit the optimizer ({type(e).__name__}: {e})") from None

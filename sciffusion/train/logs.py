@@ -2,15 +2,22 @@
 from __future__ import annotations
 
 import csv
+import sys
 from pathlib import Path
 from typing import Any
 
 from sciffusion.config import ConfigError
 from sciffusion.train.checkpoint import atomic_path
 
-__all__ = ["METRIC_FIELDS", "MetricsLog", "plot_metrics"]
+__all__ = ["METRIC_FIELDS", "MetricsLog", "plot_metrics", "stderr_is_terminal"]
 
 METRIC_FIELDS = ("step", "loss", "lr", "grad_norm", "samples_per_s")
+
+
+def stderr_is_terminal() -> bool:
+    """Whether stderr is a terminal: progress bars are drawn only then (a log file gets none)."""
+    isatty = getattr(sys.stderr, "isatty", None)
+    return bool(isatty is not None and isatty())
 
 
 class MetricsLog:

@@ -34,6 +34,7 @@ from torch.utils.data import DataLoader, default_collate
 from tqdm.auto import tqdm
 
 from sciffusion.config import Config, ConfigError, TrainerConfig
+from sciffusion.outputs import OutputError, check_folder
 from sciffusion.rng import StepRandom
 from sciffusion.train.batches import StepBatchSampler
 from sciffusion.train.checkpoint import (
@@ -48,7 +49,7 @@ from sciffusion.train.checkpoint import (
 )
 from sciffusion.train.errors import ResumeError, TrainingDiverged
 from sciffusion.train.distributed import DistInfo, all_reduce_mean, barrier, init_distributed, shutdown
-from sciffusion.train.logs import MetricsLog, plot_metrics
+from sciffusion.train.logs import MetricsLog, plot_metrics, stderr_is_terminal
 
 if TYPE_CHECKING:
     from sciffusion.domain import TrainSetup
@@ -136,10 +137,17 @@ def seed_everything(seed: int) -> None:
 
 
 def check_run_dir(run_dir: str | Path, resume: bool) -> Path | None:
-    """The checkpoint to resume from (or ``None``); refuses to overwrite a run without ``resume``."""
+    """The checkpoint to resume from (or ``None``); refuses to overwrite a run without ``resume``, a ``run_dir``
+    that is (or lies under) an existing file, and a checkpoint whose metadata is damaged."""
+    try:
+        check_folder(run_dir, "run_dir")
+    except OutputError as e:
+        raise ConfigError(str(e)) from None
     ckpt = find_checkpoint(run_dir)
-    if ckpt is not None and not resume:
-        step = load_meta(ckpt).get("step")
+    if ckpt is None:
+        return None
+    step = load_meta(ckpt)["step"]
+    if not resume:
         raise ResumeError(f"run folder {run_dir} already holds a checkpoint (step {step}); pass --resume to continue it or set run_dir=<new folder>")
     return ckpt
 
@@ -312,7 +320,10 @@ class Trainer:
                 log.info("already at step %d of %d; nothing to train", start, tc.max_steps)
             return TrainResult(self.run_dir, start, float("nan"), start)
 
-        sampler = StepBatchSampler(len(self.setup.dataset), tc.batch_size, self.cfg.seed, start + 1, tc.max_steps, info.rank, info.world)
+        if self.setup.batch_sampler is not None:
+            sampler = self.setup.batch_sampler(start + 1, tc.max_steps, info.rank, info.world)
+        else:
+            sampler = StepBatchSampler(len(self.setup.dataset), tc.batch_size, self.cfg.seed, start + 1, tc.max_steps, info.rank, info.world)
         loader = DataLoader(
             self.setup.dataset,
             batch_sampler=sampler,
@@ -328,7 +339,8 @@ class Trainer:
         else:
             loss_module = _LossForward(self.model)
         metrics = MetricsLog(self.run_dir, start, tc.tensorboard) if main else None
-        bar = tqdm(total=tc.max_steps, initial=start, desc="train", unit="step", disable=not (main and tc.progress), dynamic_ncols=True)
+        bar = tqdm(total=tc.max_steps, initial=start, desc="train", unit="step", dynamic_ncols=True,
+                   disable=not (main and tc.progress and stderr_is_terminal()))
         max_norm = tc.grad_clip if tc.grad_clip else float("inf")
         params = [p for p in self.model.parameters() if p.requires_grad]
         last_ckpt_step = start if self.resume_from is not None else None

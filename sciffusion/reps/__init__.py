@@ -1,0 +1,1 @@
+"""Data representations shared by domains: ragged graph batches (:mod:`sciffusion.reps.graph`)."""

@@ -1,0 +1,1 @@
+"""Generic task adapters over the core model (imputation)."""
