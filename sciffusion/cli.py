@@ -32,7 +32,7 @@ from sciffusion.train.errors import TrainingDiverged
 
 __all__ = ["build_parser", "finite_float", "main", "non_negative_float", "positive_int"]
 
-CORE_COMMANDS = ("train", "sample", "evaluate", "list")
+CORE_COMMANDS = ("train", "sample", "evaluate", "design", "list")
 
 
 def positive_int(text: str) -> int:
@@ -76,7 +76,8 @@ class _Parser(argparse.ArgumentParser):
 def _add_sampling_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("sampling (defaults: the run's `sample:` config section)")
     g.add_argument("--n", type=positive_int, help="number of samples")
-    g.add_argument("--solver", help="solver name (see `sciffusion list`)")
+    g.add_argument("--solver", help="solver name for every field, or field=solver pairs separated by commas "
+                                    "(see `sciffusion list` for which solver drives which process)")
     g.add_argument("--steps", type=positive_int, help="number of solver steps")
     g.add_argument("--batch-size", type=positive_int, dest="batch_size", help="samples per forward batch")
     g.add_argument("--guidance-scale", type=finite_float, dest="guidance_scale", help="classifier-free guidance scale (1 = off)")
@@ -111,6 +112,16 @@ def build_parser(with_domains: bool = True) -> tuple[argparse.ArgumentParser, di
     _add_sampling_args(p)
     p.set_defaults(func=_cmd_evaluate)
 
+    p = sub.add_parser("design", help="sample designs steered toward target properties (domains that support it)",
+                       description="Sample N designs from a trained run, steered toward each NAME=VALUE target "
+                                   "property (the domain says which properties it knows), and write them to --out.")
+    p.add_argument("run_dir", help="run folder written by `sciffusion train`")
+    p.add_argument("--target", action="append", default=[], metavar="NAME=VALUE", type=_target,
+                   help="a target property value (repeat for several)")
+    _add_sampling_args(p)
+    p.add_argument("--out", help="where to write the designs (default: RUN_DIR/designs)")
+    p.set_defaults(func=_cmd_design)
+
     p = sub.add_parser("list", help="list configs and registered components")
     p.set_defaults(func=_cmd_list)
 
@@ -120,8 +131,20 @@ def build_parser(with_domains: bool = True) -> tuple[argparse.ArgumentParser, di
 
         failed = import_all_domains()
         for name in registry.DOMAINS.names():
-            get_domain(name).add_commands(sub)
+            try:
+                get_domain(name).add_commands(sub)
+            except argparse.ArgumentError as e:  # a verb another domain (or the core) already has
+                failed[name] = f"its commands clash with existing ones ({e})"
     return parser, failed
+
+
+def _target(text: str) -> tuple[str, float]:
+    """``NAME=VALUE`` -> ``(name, value)`` with a finite value."""
+    name, sep, value = text.partition("=")
+    if not sep or not name.strip():
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}")
+    number = finite_float(value)
+    return name.strip(), number
 
 
 # ------------------------------------------------------------------------------------ commands
@@ -148,6 +171,19 @@ def _cmd_sample(args: argparse.Namespace) -> int:
 
     run = load_run(args.run_dir, device=args.device)
     run.domain.sample(run, args)
+    return 0
+
+
+def _cmd_design(args: argparse.Namespace) -> int:
+    from sciffusion.domain import load_run
+
+    if not args.target:
+        raise ValueError("design needs at least one --target NAME=VALUE")
+    names = [name for name, _ in args.target]
+    if len(set(names)) != len(names):
+        raise ValueError(f"--target names a property more than once: {', '.join(names)}")
+    run = load_run(args.run_dir, device=args.device)
+    run.domain.design(run, args, dict(args.target))
     return 0
 
 
@@ -208,8 +244,42 @@ def _cmd_list(args: argparse.Namespace) -> int:
         lines.extend(f"  {e.name:<{width}}{e.help}" for e in reg.entries())
         if not reg.names():
             lines.append("  (none registered)")
+    lines.append("solvers by process (default first):")
+    lines.extend(_solvers_by_process())
     print("\n".join(lines))
     return 0
+
+
+def _solvers_by_process() -> list[str]:
+    """One line per registered process: the solvers that can drive it, its default first (a process is built
+    with its config's defaults; one that needs settings, e.g. a number of classes, is built with small ones)."""
+    from sciffusion.sampling import compatible_solvers
+
+    lines = []
+    width = max((len(n) for n in registry.PROCESSES.names()), default=0) + 2
+    for entry in registry.PROCESSES.entries():
+        try:
+            process = entry.builder(**_default_settings(entry.config))
+        except (TypeError, ValueError) as e:
+            lines.append(f"  {entry.name:<{width}}(cannot build with default settings: {e})")
+            continue
+        names = compatible_solvers(process)
+        ordered = [process.default_solver] + [n for n in names if n != process.default_solver]
+        lines.append(f"  {entry.name:<{width}}{', '.join(ordered)}")
+    return lines
+
+
+def _default_settings(config: type | None) -> dict:
+    """Keyword arguments of a process config's defaults; required integer fields (e.g. ``num_classes``) get 2."""
+    import dataclasses
+
+    if config is None:
+        return {}
+    out = {}
+    for f in dataclasses.fields(config):
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            out[f.name] = 2
+    return {f.name: getattr(config(**out), f.name) for f in dataclasses.fields(config)}
 
 
 # ------------------------------------------------------------------------------------ main

@@ -7,7 +7,10 @@ A config file looks like::
     data: {...}                 # validated by the domain's ``data_config`` dataclass
     net: {name: unet2d, ...}    # ``name`` looked up in ``sciffusion.registry.NETS``; other keys
                                 # validated by that entry's ``config`` dataclass
-    process: {name: vp, ...}    # same with PROCESSES
+    process: {name: vp, ...}    # same with PROCESSES (the one-field form), or per field:
+    processes:                  #   {field: {name: ..., weight: <loss weight, default 1>, <process keys>}}
+      pos: {name: zero_com, path: edm}
+      atom_types: {name: categorical, num_classes: 5, weight: 0.4}
     loss: {...}                 # LossConfig
     trainer: {...}              # TrainerConfig
     sample: {...}               # SampleConfig
@@ -34,7 +37,7 @@ from typing import Annotated, Any, Literal, Sequence, Union
 
 import yaml
 
-from sciffusion.registry import GUIDANCE, NETS, PROCESSES, SOLVERS, Registry
+from sciffusion.registry import NETS, PROCESSES, SOLVERS, Registry
 
 __all__ = [
     "Component",
@@ -178,19 +181,19 @@ class Component:
 
 @dataclass
 class SampleConfig:
-    """Defaults for ``sciffusion sample`` / ``evaluate`` (each overridable on the command line).
+    """Defaults for ``sciffusion sample`` / ``evaluate`` / ``design`` (each overridable on the command line).
 
-    ``guidance`` is a list of ``{name: <GUIDANCE entry>, ...}`` items applied together.
+    ``solver`` is one solver for every field, or ``{field: solver}`` (a field left out gets its process's
+    default). Guidance is chosen per command (``--guidance-scale``, a domain's targets), not here.
     """
 
-    solver: Annotated[str, SOLVERS] = "ddim"
+    solver: Annotated[str, SOLVERS] | dict[str, Annotated[str, SOLVERS]] = "ddim"
     steps: int = 50
     n: int = 64
     batch_size: int = 256
     guidance_scale: float = 1.0
     eta: float = 0.0
     seed: int = 0
-    guidance: list[Annotated[Component, GUIDANCE]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         _check(self.steps >= 1, "steps", f"must be >= 1, got {self.steps}")
@@ -215,6 +218,25 @@ class Config:
     sample: SampleConfig
     extra: dict[str, Any] = field(default_factory=dict)
     source: str | None = field(default=None, compare=False)
+    processes: dict[str, Component] = field(default_factory=dict)
+    process_weights: dict[str, float] = field(default_factory=dict)
+
+    def build_processes(self, fields: Sequence[str]) -> tuple[dict[str, Any], dict[str, float]]:
+        """The process and loss weight of each of a domain's ``fields``: from ``processes:`` (which must name
+        exactly these fields), or, for a one-field domain, from ``process:``."""
+        fields = list(fields)
+        if self.processes:
+            missing, unknown = sorted(set(fields) - set(self.processes)), sorted(set(self.processes) - set(fields))
+            if missing or unknown:
+                parts = ([f"missing {', '.join(missing)}"] if missing else []) + ([f"unknown {', '.join(unknown)}"] if unknown else [])
+                raise ConfigError(f"'processes' must name the fields {', '.join(fields)} of domain '{self.domain}' ({'; '.join(parts)})")
+            return ({name: self.processes[name].build() for name in fields},
+                    {name: self.process_weights.get(name, 1.0) for name in fields})
+        if self.process is None:
+            raise ConfigError(f"domain '{self.domain}' needs a 'process' (or 'processes') section")
+        if len(fields) != 1:
+            raise ConfigError(f"domain '{self.domain}' has fields {', '.join(fields)}: give one process each under 'processes'")
+        return {fields[0]: self.process.build()}, {fields[0]: 1.0}
 
     def section(self, name: str) -> Any:
         """A domain's extra section (``cfg.section("impute")``) or a standard one by name."""
@@ -231,6 +253,9 @@ class Config:
             comp = getattr(self, key)
             if comp is not None:
                 out[key] = to_dict(comp)
+        if self.processes:
+            out["processes"] = {name: {**to_dict(comp), "weight": self.process_weights.get(name, 1.0)}
+                                for name, comp in self.processes.items()}
         out.update(loss=to_dict(self.loss), trainer=to_dict(self.trainer), sample=to_dict(self.sample))
         for key, value in self.extra.items():
             out[key] = to_dict(value)
@@ -240,7 +265,7 @@ class Config:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
 
-_TOP_LEVEL_KEYS = ("domain", "seed", "run_dir", "data", "net", "process", "loss", "trainer", "sample")
+_TOP_LEVEL_KEYS = ("domain", "seed", "run_dir", "data", "net", "process", "processes", "loss", "trainer", "sample")
 
 
 # --------------------------------------------------------------------------------------------
@@ -316,11 +341,16 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
         members = [a for a in args if a is not type(None)]
         if len(members) == 1:
             return _coerce(members[0], value, where)
+        errors: list[tuple[Any, ConfigError]] = []
         for member in members:
             try:
                 return _coerce(member, value, where)
-            except ConfigError:
-                continue
+            except ConfigError as e:
+                errors.append((member, e))
+        # a mapping failed as the mapping member, a scalar as a scalar one: that member's own message is the useful one
+        same_kind = [e for member, e in errors if (_type_name(member) == "mapping") == isinstance(value, dict)]
+        if len(same_kind) == 1 and "must be" not in str(same_kind[0]).split("' ", 1)[-1][:8]:
+            raise same_kind[0]
         fail()
     if origin is Literal:
         if value in args and all(type(value) is type(a) for a in args if a == value):
@@ -553,6 +583,9 @@ def config_from_dict(raw: dict[str, Any], source: str | None = None, default_run
     data = from_dict(data_cls, raw.get("data"), "data") if data_cls is not None else _coerce(dict[str, Any], raw.get("data") or {}, "data")
     net = component_from_dict(NETS, raw["net"], "net") if raw.get("net") is not None else None
     process = component_from_dict(PROCESSES, raw["process"], "process") if raw.get("process") is not None else None
+    processes, weights = _field_processes(raw.get("processes"))
+    if process is not None and processes:
+        raise ConfigError("give either 'process' (one field) or 'processes' (per field), not both")
     extra = {key: from_dict(cls, raw.get(key), key) for key, cls in extra_types.items()}
     return Config(
         domain=name,
@@ -566,7 +599,28 @@ def config_from_dict(raw: dict[str, Any], source: str | None = None, default_run
         sample=from_dict(SampleConfig, raw.get("sample"), "sample"),
         extra=extra,
         source=source,
+        processes=processes,
+        process_weights=weights,
     )
+
+
+def _field_processes(raw: Any) -> tuple[dict[str, Component], dict[str, float]]:
+    """``processes: {field: {name, weight, ...}}`` -> components and loss weights (weight > 0, default 1)."""
+    if raw is None:
+        return {}, {}
+    if not isinstance(raw, dict) or not raw:
+        raise ConfigError(f"'processes' must be a non-empty mapping of field -> process, got {_describe(raw)}")
+    components, weights = {}, {}
+    for name, spec in raw.items():
+        where = f"processes.{name}"
+        if not isinstance(spec, dict):
+            raise ConfigError(f"'{where}' must be a mapping with a 'name' key, got {_describe(spec)}")
+        weight = _coerce(float, spec.get("weight", 1.0), f"{where}.weight")
+        if not (math.isfinite(weight) and weight > 0):
+            raise ConfigError(f"'{where}.weight' must be a finite number > 0, got {weight}")
+        components[str(name)] = component_from_dict(PROCESSES, {k: v for k, v in spec.items() if k != "weight"}, where)
+        weights[str(name)] = weight
+    return components, weights
 
 
 def load_config(path: str | Path, overrides: Sequence[str] = ()) -> Config:

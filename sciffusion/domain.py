@@ -16,6 +16,7 @@ A domain lives in ``domains/<name>/`` (imported as ``sciffusion.domains.<name>``
         def build_model(self, cfg):           # same architecture, used to load a run
         def sample(self, run, args):          # `sciffusion sample RUN_DIR ...`
         def evaluate(self, run, args):        # `sciffusion evaluate RUN_DIR` -> metrics dict
+        def design(self, run, args, targets): # optional: `sciffusion design RUN_DIR --target NAME=VALUE ...`
         def add_commands(self, subparsers):   # optional extra verbs; each sets `func=callable(args)`
 
 The model in :class:`TrainSetup` must provide ``training_loss(batch, rng) -> scalar tensor`` and
@@ -119,6 +120,11 @@ class Domain:
         """Compute the domain's metrics for a trained run; the CLI writes them to ``RUN_DIR/metrics.json``."""
         raise DomainError(f"domain '{self.name}' does not support 'evaluate'")
 
+    def design(self, run: "Run", args: argparse.Namespace, targets: dict[str, float]) -> None:
+        """``sciffusion design RUN_DIR --target NAME=VALUE ...``: write designs steered toward ``targets``
+        (an unknown property name is a :class:`DomainError`)."""
+        raise DomainError(f"domain '{self.name}' does not support 'design'")
+
     def add_commands(self, subparsers: argparse._SubParsersAction) -> None:
         """Add extra CLI verbs: ``p = subparsers.add_parser(...); p.set_defaults(func=callable)``."""
         return None
@@ -217,7 +223,7 @@ class Run:
         for key in ("n", "solver", "steps", "batch_size", "guidance_scale", "eta", "seed"):
             given = getattr(args, key, None) if args is not None else None
             if given is not None:
-                values[key] = given
+                values[key] = parse_solver(given) if key == "solver" else given
         return from_dict(SampleConfig, values, "sample")
 
     def output_dir(self, args: argparse.Namespace | None = None, default: str = "samples") -> Path:
@@ -228,6 +234,19 @@ class Run:
         if out and path.suffix.lower() in IMAGE_SUFFIXES:
             raise OutputError(f"--out {path}: domain '{self.domain.name}' writes a folder here, not a {path.suffix} file")
         return check_folder(path, "--out" if out else "output folder")
+
+
+def parse_solver(text: str) -> str | dict[str, str]:
+    """``--solver`` text: one solver name, or per field ``field=name,field=name``."""
+    if "=" not in text:
+        return text
+    out: dict[str, str] = {}
+    for item in text.split(","):
+        field, sep, name = (part.strip() for part in item.partition("="))
+        if not sep or not field or not name:
+            raise ValueError(f"--solver '{text}': give one solver name or field=solver pairs separated by commas")
+        out[field] = name
+    return out
 
 
 def load_run(run_dir: str | Path, device: str | torch.device = "auto") -> Run:

@@ -150,6 +150,25 @@ class ToyDomain(Domain):
             mse = ((run.model(data.x, torch.zeros(len(data))) - data.y) ** 2).mean().item()
         return {"mse": mse, "step": run.step, "label": run.config.extra["report"].label}
 
+    def design(self, run: Run, args: argparse.Namespace, targets: dict[str, float]) -> None:
+        """Keeps the sampled inputs whose prediction is nearest each target ``y`` (the only property)."""
+        from sciffusion.domain import DomainError
+
+        unknown = sorted(set(targets) - {"y"})
+        if unknown:
+            raise DomainError(f"unknown property {', '.join(unknown)} for domain 'toy' (known: y)")
+        settings = run.sample_config(args)
+        x = torch.randn(max(64, settings.n), run.config.data.dim, generator=torch.Generator().manual_seed(settings.seed))
+        with torch.no_grad():
+            y = run.model(x, torch.zeros(len(x)))[:, 0]
+        best = (y - targets["y"]).abs().argsort()[:settings.n]
+        out = run.output_dir(args, "designs")
+        out.mkdir(parents=True, exist_ok=True)
+        with open(out / "designs.csv", "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow([f"x{i}" for i in range(x.shape[1])] + ["y"])
+            writer.writerows(torch.cat([x[best], y[best, None]], dim=1).tolist())
+
     def add_commands(self, subparsers: argparse._SubParsersAction) -> None:
         p = subparsers.add_parser("toy-info", help="print a toy run's step")
         p.add_argument("run_dir")
