@@ -67,7 +67,7 @@ def windows_of(segments, conds, normalizer):
     """Non-overlapping windows of ``segments`` with their conditioning masks (CSDI's evaluation layout: the last
     window of a segment aligned to its end, already-covered points not rescored): dict of stacked tensors with the
     original values (``raw``) and the target mask, plus the windows object."""
-    from sciffusion.reps.series import SeriesWindows
+    from sciffusion.domains.timeseries.series import SeriesWindows
 
     windows = SeriesWindows(segments, normalizer, WINDOW, stride=WINDOW, cond_masks=conds)
     stack = windows.stacked()
@@ -286,7 +286,7 @@ def phase_pypots(args) -> None:
     torch.set_num_threads(args.threads)
     from pypots.imputation import CSDI
 
-    from sciffusion.reps.series import SeriesWindows
+    from sciffusion.domains.timeseries.series import SeriesWindows
 
     data, windows, stack = test_windows()
     train = SeriesWindows(data.train, data.normalizer, WINDOW, stride=1).stacked()

@@ -37,7 +37,7 @@ from typing import Annotated, Any, Literal, Sequence, Union
 
 import yaml
 
-from sciffusion.registry import NETS, PROCESSES, SOLVERS, Registry
+from sciffusion.registry import NETS, PROCESSES, SOLVERS, DomainError, Registry, get_domain
 
 __all__ = [
     "Component",
@@ -552,8 +552,6 @@ def load_components() -> None:
 
 def config_from_dict(raw: dict[str, Any], source: str | None = None, default_run_dir: str | None = None) -> Config:
     """Validate a raw mapping (already overridden) into a :class:`Config`."""
-    from sciffusion.domain import DomainError, get_domain
-
     if not isinstance(raw, dict):
         raise ConfigError(f"config must be a mapping, got {_describe(raw)}")
     if "domain" not in raw:

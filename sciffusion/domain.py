@@ -3,7 +3,7 @@
 A domain lives in ``domains/<name>/`` (imported as ``sciffusion.domains.<name>``) and registers a
 :class:`Domain` subclass under its name::
 
-    from sciffusion.registry import DOMAINS
+    from sciffusion.registry import DomainError, DomainUnavailable, discover_domain_names, get_domain, import_all_domains
     from sciffusion.domain import Domain, TrainSetup
 
     @DOMAINS.register("images")
@@ -26,9 +26,6 @@ Domains are imported lazily: only the domain a config names is imported for trai
 from __future__ import annotations
 
 import argparse
-import importlib
-import pkgutil
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -36,9 +33,8 @@ from typing import Any, Callable
 import torch
 
 from sciffusion.config import Config, ConfigError, SampleConfig, config_from_dict, from_dict, read_yaml, to_dict
-from sciffusion.extras import install_hint
 from sciffusion.outputs import IMAGE_SUFFIXES, OutputError, check_folder
-from sciffusion.registry import DOMAINS
+from sciffusion.registry import DomainError, DomainUnavailable, discover_domain_names, get_domain, import_all_domains
 from sciffusion.train.checkpoint import EMA_FILE, MODEL_FILE, find_checkpoint, load_meta, load_module_weights
 from sciffusion.train.distributed import resolve_device
 
@@ -54,18 +50,6 @@ __all__ = [
     "import_all_domains",
     "load_run",
 ]
-
-
-class DomainError(ValueError):
-    """Unknown domain, or a domain that does not support a command."""
-
-
-class DomainUnavailable(DomainError):
-    """A domain whose optional dependencies are not installed."""
-
-    def __init__(self, name: str, cause: BaseException) -> None:
-        super().__init__(f"domain '{name}' needs packages that are not installed ({cause}); install them with: {install_hint(name)}")
-        self.domain_name = name
 
 
 class RunError(ValueError):
@@ -128,63 +112,6 @@ class Domain:
     def add_commands(self, subparsers: argparse._SubParsersAction) -> None:
         """Add extra CLI verbs: ``p = subparsers.add_parser(...); p.set_defaults(func=callable)``."""
         return None
-
-
-_DOMAIN_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
-_instances: dict[str, Domain] = {}
-
-
-def _import_domain(name: str) -> None:
-    module = f"sciffusion.domains.{name}"
-    try:
-        importlib.import_module(module)
-    except ModuleNotFoundError as e:
-        if e.name in (module, "sciffusion.domains"):
-            raise DomainError(f"unknown domain '{name}' (known: {', '.join(discover_domain_names()) or 'none'})") from None
-        raise DomainUnavailable(name, e) from None
-    except ImportError as e:
-        raise DomainUnavailable(name, e) from None
-
-
-def get_domain(name: str) -> Domain:
-    """The registered domain ``name``, importing ``sciffusion.domains.<name>`` on first use."""
-    if not _DOMAIN_NAME.match(name):
-        raise DomainError(f"invalid domain name {name!r} (lower-case letters, digits and _)")
-    if name not in DOMAINS:
-        _import_domain(name)
-    if name not in DOMAINS:
-        raise DomainError(f"module sciffusion.domains.{name} does not register a domain named '{name}'")
-    if name not in _instances:
-        instance = DOMAINS.build(name)
-        if not getattr(instance, "name", ""):
-            instance.name = name
-        _instances[name] = instance
-    return _instances[name]
-
-
-def discover_domain_names() -> list[str]:
-    """Registered domains plus every module found in the ``sciffusion.domains`` package."""
-    names = set(DOMAINS.names())
-    try:
-        package = importlib.import_module("sciffusion.domains")
-    except ImportError:
-        package = None
-    if package is not None:
-        names.update(m.name for m in pkgutil.iter_modules(package.__path__) if _DOMAIN_NAME.match(m.name))
-    return sorted(names)
-
-
-def import_all_domains() -> dict[str, str]:
-    """Import every discoverable domain; returns ``{name: reason}`` for those that failed."""
-    failed: dict[str, str] = {}
-    for name in discover_domain_names():
-        try:
-            get_domain(name)
-        except DomainError as e:
-            failed[name] = str(e)
-        except Exception as e:  # a broken domain must not hide the others from `list`
-            failed[name] = f"import failed: {type(e).__name__}: {e}"
-    return failed
 
 
 @dataclass

@@ -17,8 +17,8 @@ from sciffusion.config import config_from_dict
 from sciffusion.domain import get_domain, load_run
 from sciffusion.model import DiffusionModel
 from sciffusion.processes import VPProcess
-from sciffusion.reps.trajectory import TrajectorySpec
-from sciffusion.tasks.plan import TrajectoryPlanner, cost_guidance, value_guidance
+from sciffusion.domains.control.trajectory import TrajectorySpec
+from sciffusion.domains.control.planning import TrajectoryPlanner, cost_guidance, value_guidance
 from sciffusion.train.trainer import train
 
 

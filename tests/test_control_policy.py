@@ -13,8 +13,8 @@ from sciffusion.domains.control.pusht import evaluate_pusht, pusht_features
 from sciffusion.cli import main as cli_main
 from sciffusion.config import config_from_dict
 from sciffusion.domain import get_domain, load_run
-from sciffusion.reps.trajectory import IdentityNormalizer, TrajectoryError
-from sciffusion.tasks.plan import ChunkedActor, DiffusionPolicy, MLPPolicy
+from sciffusion.domains.control.trajectory import IdentityNormalizer, TrajectoryError
+from sciffusion.domains.control.planning import ChunkedActor, DiffusionPolicy, MLPPolicy
 from sciffusion.train.trainer import train
 
 TO, TP, TA = 2, 16, 8
@@ -69,7 +69,7 @@ def test_policy_executes_indices_to_minus_1_to_to_plus_ta_minus_2() -> None:
 
 def test_diffusion_policy_act_is_the_executed_slice_of_the_chunk() -> None:
     from sciffusion.model import DiffusionModel
-    from sciffusion.nets.temporal_unet import TemporalUNet1D
+    from sciffusion.domains.control.temporal_unet import TemporalUNet1D
     from sciffusion.processes import VPProcess
 
     net = TemporalUNet1D(2, dim=8, dim_mults=(1, 2), cond_dims={"obs": TO * 3}, field="action")

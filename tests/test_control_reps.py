@@ -5,11 +5,11 @@ import numpy as np
 import pytest
 import torch
 
-from sciffusion.nets.temporal_transformer import TemporalTransformer
-from sciffusion.nets.temporal_unet import TemporalUNet1D
-from sciffusion.nets.value_net import TemporalValueNet
+from sciffusion.domains.control.temporal_transformer import TemporalTransformer
+from sciffusion.domains.control.temporal_unet import TemporalUNet1D
+from sciffusion.domains.control.value_net import TemporalValueNet
 from sciffusion.registry import NETS
-from sciffusion.reps.trajectory import (
+from sciffusion.domains.control.trajectory import (
     EpisodeWindows,
     GaussianNormalizer,
     LimitsNormalizer,

@@ -13,7 +13,7 @@ import torch
 
 from sciffusion.domains.images.data import load_digits_splits
 from sciffusion.domains.images.metrics import accuracy, frechet_distance, gaussian_frechet, train_classifier
-from sciffusion.nets import UNet2D
+from sciffusion.domains.images.unet2d import UNet2D
 
 ROOT = Path(__file__).resolve().parents[1]
 

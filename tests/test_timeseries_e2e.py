@@ -13,7 +13,7 @@ from sciffusion.domains.timeseries.masks import MaskConfig
 
 from sciffusion.cli import main
 from sciffusion.model import DiffusionModel
-from sciffusion.nets.csdi import build_csdi
+from sciffusion.domains.timeseries.csdi import build_csdi
 from sciffusion.processes.gaussian import FlowProcess, VPProcess
 from sciffusion.tasks.impute import ImputationModel
 

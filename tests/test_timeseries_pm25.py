@@ -8,7 +8,7 @@ import torch
 from conftest import shared_data
 from sciffusion.domains.timeseries.datasets import PM25_TEST_MONTHS, load_pm25
 
-from sciffusion.reps.series import SeriesWindows
+from sciffusion.domains.timeseries.series import SeriesWindows
 
 
 @pytest.fixture(scope="module")

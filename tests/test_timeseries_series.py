@@ -15,7 +15,7 @@ from sciffusion.domains.timeseries.io import (
     write_series,
 )
 
-from sciffusion.reps.series import (
+from sciffusion.domains.timeseries.series import (
     FeatureNormalizer,
     Series,
     SeriesWindows,

@@ -5,9 +5,9 @@ scripted waypoint expert) and Push-T (gym-pusht, human demonstrations). Importin
 registers the ``control`` domain and the temporal networks (``temporal_unet1d``,
 ``temporal_transformer``, ``temporal_value``).
 """
-import sciffusion.nets.temporal_transformer
-import sciffusion.nets.temporal_unet
-import sciffusion.nets.value_net  # noqa: F401
+import sciffusion.domains.control.temporal_transformer
+import sciffusion.domains.control.temporal_unet
+import sciffusion.domains.control.value_net  # noqa: F401
 
 from .domain import ControlDomain
 

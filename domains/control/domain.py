@@ -26,16 +26,16 @@ from sciffusion.cli import positive_int
 from sciffusion.config import Config
 from sciffusion.domain import Domain, DomainError, Run, TrainSetup
 from sciffusion.model import diffusion_model_from_config
-from sciffusion.nets.value_net import TemporalValueNet
+from sciffusion.domains.control.value_net import TemporalValueNet
 from sciffusion.outputs import check_file, publish_together
 from sciffusion.registry import DOMAINS, SOLVERS
-from sciffusion.reps.trajectory import (
+from sciffusion.domains.control.trajectory import (
     EpisodeWindows,
     Normalizer,
     TrajectorySpec,
     fit_normalizer,
 )
-from sciffusion.tasks.plan import (
+from sciffusion.domains.control.planning import (
     ChunkedActor,
     DiffusionPolicy,
     InverseDynamics,

@@ -15,7 +15,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from sciffusion.tasks.plan import (
+from sciffusion.domains.control.planning import (
     MLPPolicy,
     TrajectoryPlanner,
     cost_guidance,

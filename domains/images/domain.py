@@ -17,7 +17,7 @@ from sciffusion.domains.images.data import LabelledImages, load_digits_splits
 from sciffusion.domains.images.metrics import DigitsClassifier, accuracy, frechet_distance, train_classifier
 from sciffusion.domains.images.plots import save_grid
 from sciffusion.model import DiffusionModel, diffusion_model_from_config
-from sciffusion.nets.unet2d import UNet2DConfig
+from sciffusion.domains.images.unet2d import UNet2DConfig
 from sciffusion.outputs import IMAGE_SUFFIXES, OutputError, check_file, check_folder, publish_together
 from sciffusion.registry import DOMAINS
 

@@ -18,7 +18,7 @@ from sciffusion.domains.timeseries.io import (
 )
 
 from sciffusion.extras import require
-from sciffusion.reps.series import FeatureNormalizer, Series, SeriesError
+from sciffusion.domains.timeseries.series import FeatureNormalizer, Series, SeriesError
 
 PM25_TEST_MONTHS = (3, 6, 9, 12)
 PM25_TRAIN_MONTHS = (1, 2, 4, 5, 7, 8, 10, 11)  # CSDI: month_list before the validation month is removed

@@ -35,14 +35,14 @@ from sciffusion.domains.timeseries.io import (
 from sciffusion.domains.timeseries.masks import MaskConfig, make_cond_mask
 from sciffusion.domains.timeseries.plots import choose_features, plot_imputation
 
-import sciffusion.nets.csdi  # noqa: F401  (registers the "csdi" net)
+import sciffusion.domains.timeseries.csdi  # noqa: F401  (registers the "csdi" net)
 from sciffusion.cli import positive_int
 from sciffusion.config import Config, FieldError
 from sciffusion.domain import Domain, Run, RunError, TrainSetup
 from sciffusion.model import diffusion_model_from_config
 from sciffusion.outputs import check_file, publish_together
 from sciffusion.registry import DOMAINS
-from sciffusion.reps.series import (
+from sciffusion.domains.timeseries.series import (
     FeatureNormalizer,
     Series,
     SeriesError,

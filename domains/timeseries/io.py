@@ -1,4 +1,4 @@
-"""Wide-format time-series files (CSV / Parquet / DataFrame) <-> :class:`~sciffusion.reps.series.Series`.
+"""Wide-format time-series files (CSV / Parquet / DataFrame) <-> :class:`~sciffusion.domains.timeseries.series.Series`.
 
 Wide format: one time column (default: the first column) and one numeric column per feature;
 an empty cell / NaN is a missing value. Files are written atomically (temp file, then rename).
@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from sciffusion.extras import require
-from sciffusion.reps.series import Series, SeriesError
+from sciffusion.domains.timeseries.series import Series, SeriesError
 from sciffusion.train.checkpoint import atomic_path
 
 SUFFIXES = (".csv", ".parquet", ".pq")

@@ -1,5 +1,6 @@
-"""Denoising networks. Importing this package registers the core nets in ``sciffusion.registry.NETS``."""
+"""Networks and building blocks shared by several domains (time embeddings, setting checks, equivariance
+test helpers). A net that only one domain uses lives in that domain (``sciffusion.domains.<name>``) and
+registers itself in ``sciffusion.registry.NETS`` when the domain is imported."""
 from sciffusion.nets.embeddings import TimeEmbedding, sinusoidal_embedding
-from sciffusion.nets.unet2d import UNet2D
 
-__all__ = ["TimeEmbedding", "UNet2D", "sinusoidal_embedding"]
+__all__ = ["TimeEmbedding", "sinusoidal_embedding"]

@@ -1,1 +1,1 @@
-"""Generic task adapters over the core model (imputation)."""
+"""Generic task adapters over the core model: imputation by inpainting (:mod:`sciffusion.tasks.impute`)."""

@@ -6,7 +6,7 @@ entries chosen by a mask function and scores only those; sampling draws ``n`` sa
 window, batched together (``max_batch`` series per network call), with any core solver and keeps the conditioning entries exactly (an
 :class:`~sciffusion.guidance.Inpaint` constraint).
 
-Batch format of :meth:`ImputationModel.training_loss` (what :class:`sciffusion.reps.series.SeriesWindows` yields)::
+Batch format of :meth:`ImputationModel.training_loss` (what :class:`sciffusion.domains.timeseries.series.SeriesWindows` yields)::
 
     {"values": (B, K, L), "observed_mask": (B, K, L), "time": (B, L), "pattern_mask": (B, K, L) optional}
 """

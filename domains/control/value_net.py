@@ -12,7 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from sciffusion.nets.checks import at_least
-from sciffusion.nets.temporal_unet import ConditionEmbedding, ResidualBlock1D, check_temporal_unet_sizes
+from sciffusion.domains.control.temporal_unet import ConditionEmbedding, ResidualBlock1D, check_temporal_unet_sizes
 from sciffusion.registry import NETS
 
 
@@ -34,7 +34,7 @@ class TemporalValueNetConfig:
 
 
 class TemporalValueNet(nn.Module):
-    """Encoder half of :class:`~sciffusion.nets.temporal_unet.TemporalUNet1D` + MLP head -> scalar.
+    """Encoder half of :class:`~sciffusion.domains.control.temporal_unet.TemporalUNet1D` + MLP head -> scalar.
 
     Args:
         transition_dim: D, channels per token.

@@ -2,7 +2,7 @@
 
 Each of the ``H`` tokens ``(B, H, D)`` is embedded linearly with a learned position embedding; a
 conditioning token (diffusion time plus the optional global condition, see
-:class:`~sciffusion.nets.temporal_unet.ConditionEmbedding`) is prepended, and a pre-norm
+:class:`~sciffusion.domains.control.temporal_unet.ConditionEmbedding`) is prepended, and a pre-norm
 ``nn.TransformerEncoder`` mixes all tokens. Classifier-free guidance as in the U-Net (NaN-marked rows).
 """
 from __future__ import annotations
@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from sciffusion.nets.checks import at_least, check_cfg_keys, check_cond_dims, divisible, dropout_rate
-from sciffusion.nets.temporal_unet import ConditionEmbedding, nan_drop
+from sciffusion.domains.control.temporal_unet import ConditionEmbedding, nan_drop
 from sciffusion.registry import NETS
 
 

@@ -32,7 +32,7 @@ from torch import Tensor, nn
 
 from sciffusion.guidance import GradientGuidance, Inpaint
 from sciffusion.model import DiffusionModel
-from sciffusion.reps.trajectory import (
+from sciffusion.domains.control.trajectory import (
     Normalizer,
     TrajectoryError,
     TrajectorySpec,
