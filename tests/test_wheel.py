@@ -7,6 +7,7 @@ downloaded), but not its editable install of sciffusion: sciffusion comes from t
 from __future__ import annotations
 
 import os
+import shutil
 import site
 import subprocess
 import sys
@@ -22,8 +23,11 @@ DOMAINS = ("control", "images", "timeseries")
 @pytest.fixture(scope="module")
 def wheel_env(tmp_path_factory) -> Path:
     tmp = tmp_path_factory.mktemp("wheel")
+    source = tmp / "source"  # a copy, so that the build leaves nothing in the checkout
+    shutil.copytree(REPO, source, ignore=shutil.ignore_patterns(".git", ".venv", "runs", "build", "data_cache", "*.egg-info",
+                                                                "__pycache__", ".pytest_cache"))
     built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp),
-                            str(REPO)], capture_output=True, text=True, timeout=300)
+                            str(source)], capture_output=True, text=True, timeout=300)
     assert built.returncode == 0, built.stderr[-2000:]
     wheel = next(tmp.glob("sciffusion-*.whl"))
     env_dir = tmp / "venv"
