@@ -364,3 +364,17 @@ def test_sliced_w1_to_mixture_sees_shifts_and_shrinks_with_n() -> None:
     shift = torch.tensor([3.0, 0.0, 0.0, 0.0], dtype=torch.float64)
     expected = 3.0 * float(metric.directions[:, 0].abs().mean())
     assert metric(mixture.sample(8000, gen) + shift) == pytest.approx(expected, rel=0.03)
+
+
+@pytest.mark.parametrize("process", [VPProcess("linear"), VPProcess("cosine", prediction="v"), VEProcess(), EDMProcess(),
+                                     FlowProcess()], ids=["vp_linear", "vp_cosine", "ve", "edm", "flow"])
+def test_euler_through_the_ode_coordinates_equals_the_registered_euler_step(process: GaussianProcess) -> None:
+    """The registered Euler step uses DDIM's closed form; integrating ``y = x / scale`` in ``tau`` gives the same."""
+    from sciffusion.sampling.steps import euler_step
+
+    x = torch.randn(16, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    t, s = torch.full((16,), 0.7, dtype=torch.float64), torch.full((16,), 0.4, dtype=torch.float64)
+    c_t, c_s = process.coefficients(t, x), process.coefficients(s, x)
+    pred = MIXTURE.predict(x, c_t.alpha[:, 0], c_t.sigma[:, 0])
+    step = solve({"x": process}, lambda state, tt, path=None: {"x": pred}, {"x": x.clone()}, torch.tensor([0.7, 0.4], dtype=torch.float64), "euler")["x"]
+    assert torch.allclose(step, euler_step(process, x, pred, c_t, c_s), atol=1e-12, rtol=1e-12)
