@@ -241,7 +241,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
     for title, reg in (("nets", registry.NETS), ("processes", registry.PROCESSES), ("solvers", registry.SOLVERS), ("guidance", registry.GUIDANCE)):
         lines.append(f"{title}:")
         width = max((len(n) for n in reg.names()), default=0) + 2
-        lines.extend(f"  {e.name:<{width}}{e.help}" for e in reg.entries())
+        lines.extend(f"  {e.name:<{width}}{e.builder().describe() if reg is registry.SOLVERS else e.help}" for e in reg.entries())
         if not reg.names():
             lines.append("  (none registered)")
     lines.append("solvers by process (default first):")

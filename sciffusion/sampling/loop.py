@@ -66,7 +66,7 @@ def solve(processes: dict[str, Process], denoise: DenoiseFn, x: State, grid: Ten
     times = grid.tolist()  # one host copy of the grid (no per-step .item() syncs)
     grid_t = grid.to(device=device, dtype=dtype)
     tables = {name: proc.path_table(grid_t, x[name], index.get(name), batch) for name, proc in processes.items()}
-    corrected = [name for name, s in chosen.items() if s.correct is not None]
+    corrected = [name for name, s in chosen.items() if s.corrects]
 
     def finish(state: State, t: Tensor) -> State:
         state = {name: proc.project(state[name], index.get(name)) for name, proc in processes.items()}

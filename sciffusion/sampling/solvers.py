@@ -6,11 +6,12 @@ can drive (:meth:`Solver.compatible`) and whether a step evaluates the network a
 ``step`` and ``correct`` are pure: the only state carried between steps is the explicit ``memory`` a step
 returns and gets back (e.g. DPM-Solver++(2M)'s previous clean-sample estimate).
 
-Adding a solver is one :func:`register_solver` call.
+Adding a solver is one :func:`register_solver` call; teaching it a new process family is one
+:meth:`Solver.add` call.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from torch import Tensor
@@ -61,35 +62,62 @@ CorrectFn = Callable[[Process, StepInput, Tensor, Any], Tensor]
 
 @dataclass(frozen=True)
 class Solver:
-    """A reverse-time solver for the process classes in ``drives``.
+    """A reverse-time solver: one name, one cost per step, and an implementation for each process family it
+    drives (e.g. ``euler`` for Gaussian paths, the flat torus and SO(3) alike).
 
-    ``step(process, inp) -> (x_s, memory)``; ``correct(process, inp, proposal, pred_at_proposal) -> x_s`` runs after
-    a second network evaluation at ``(proposal, s)`` (not on the last step).
+    ``steps[family](process, inp) -> (x_s, memory)``. A solver with ``corrects`` evaluates the network a second
+    time at ``(proposal, s)`` (not on the last step) and calls ``corrections[family](process, inp, proposal,
+    pred_at_proposal) -> x_s``.
     """
 
     name: str
     help: str
-    drives: tuple[type, ...]
-    step: StepFn
-    correct: CorrectFn | None = None
+    corrects: bool = False
+    steps: dict[type, StepFn] = field(default_factory=dict)
+    corrections: dict[type, CorrectFn] = field(default_factory=dict)
+
+    def add(self, family: type, step: StepFn, correct: CorrectFn | None = None) -> "Solver":
+        """Teach the solver one more process family (the one call a new process needs)."""
+        if self.corrects != (correct is not None):
+            raise ValueError(f"solver '{self.name}' {'needs' if self.corrects else 'takes no'} correction step")
+        self.steps[family] = step
+        if correct is not None:
+            self.corrections[family] = correct
+        return self
+
+    def _family(self, process: Process) -> type:
+        for cls in type(process).__mro__:  # the most specific implementation
+            if cls in self.steps:
+                return cls
+        raise ValueError(f"solver '{self.name}' cannot drive the {type(process).__name__} process")
 
     def compatible(self, process: Process) -> bool:
-        return isinstance(process, self.drives)
+        return any(cls in self.steps for cls in type(process).__mro__)
+
+    def step(self, process: Process, inp: StepInput) -> tuple[Tensor, Any]:
+        return self.steps[self._family(process)](process, inp)
+
+    def correct(self, process: Process, inp: StepInput, proposal: Tensor, pred_s: Any) -> Tensor:
+        return self.corrections[self._family(process)](process, inp, proposal, pred_s)
 
     def nfe(self, steps: int) -> int:
         """Network evaluations for ``steps`` steps (CFG doubles the batch, not the NFE)."""
-        return steps if self.correct is None else 2 * steps - 1
+        return 2 * steps - 1 if self.corrects else steps
 
     def steps_for_nfe(self, budget: int) -> int:
         """Largest number of steps whose NFE fits in ``budget`` (at least 1)."""
-        return max(1, budget if self.correct is None else (budget + 1) // 2)
+        return max(1, (budget + 1) // 2 if self.corrects else budget)
+
+    def describe(self) -> str:
+        cost = "2 (1 on the last step)" if self.corrects else "1"
+        return f"{self.help}; NFE {cost} per step; drives {', '.join(sorted(c.__name__ for c in self.steps))}"
 
 
-def register_solver(solver: Solver) -> Solver:
-    """Make ``solver`` available by name to samplers, configs and ``sciffusion list``."""
-    families = ", ".join(sorted(c.__name__ for c in solver.drives))
-    cost = "1" if solver.correct is None else "2 (1 on the last step)"
-    SOLVERS.register(solver.name, help=f"{solver.help}; NFE {cost} per step; drives {families}")(lambda: solver)
+def register_solver(name: str, help: str, corrects: bool = False) -> Solver:
+    """A new solver ``name``, available to samplers, configs and ``sciffusion list``; give it its process
+    families with :meth:`Solver.add`."""
+    solver = Solver(name, help, corrects)
+    SOLVERS.register(name, help=help)(lambda: solver)
     return solver
 
 
@@ -174,12 +202,11 @@ def _langevin_correct(process: GaussianProcess, inp: StepInput, proposal: Tensor
     return S.langevin_correct(proposal, pred_s, inp.path_s.sigma, inp.noise(), inp.pc_snr)
 
 
-GAUSSIAN = (GaussianProcess,)
-register_solver(Solver("ddpm", "DDPM ancestral sampling (posterior variance)", GAUSSIAN, _ddpm))
-register_solver(Solver("ddim", "DDIM, deterministic for eta=0, stochastic for eta>0", GAUSSIAN, _ddim))
-register_solver(Solver("dpmpp_2m", "DPM-Solver++(2M) multistep, data prediction", GAUSSIAN, _dpmpp_2m))
-register_solver(Solver("euler", "Euler on the probability-flow ODE (equals DDIM on Gaussian paths)", GAUSSIAN, _euler))
-register_solver(Solver("heun", "Heun (2nd order) on the probability-flow ODE", GAUSSIAN, _euler, _heun_correct))
-register_solver(Solver("euler_maruyama", "Euler-Maruyama on the reverse SDE", GAUSSIAN, _euler_maruyama))
-register_solver(Solver("pc", "predictor-corrector: reverse-SDE predictor + Langevin corrector", GAUSSIAN,
-                       _euler_maruyama, _langevin_correct))
+register_solver("ddpm", "DDPM ancestral sampling (posterior variance)").add(GaussianProcess, _ddpm)
+register_solver("ddim", "DDIM, deterministic for eta=0, stochastic for eta>0").add(GaussianProcess, _ddim)
+register_solver("dpmpp_2m", "DPM-Solver++(2M) multistep, data prediction").add(GaussianProcess, _dpmpp_2m)
+register_solver("euler", "Euler on the probability-flow ODE (equals DDIM on Gaussian paths)").add(GaussianProcess, _euler)
+register_solver("heun", "Heun (2nd order) on the probability-flow ODE", corrects=True).add(GaussianProcess, _euler, _heun_correct)
+register_solver("euler_maruyama", "Euler-Maruyama on the reverse SDE").add(GaussianProcess, _euler_maruyama)
+register_solver("pc", "predictor-corrector: reverse-SDE predictor + Langevin corrector", corrects=True).add(
+    GaussianProcess, _euler_maruyama, _langevin_correct)
