@@ -29,7 +29,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import bar  # noqa: E402
 
-from sciffusion.processes.so3 import GeodesicFlowProcess, IGSO3Process, SO3Process, so3_exp, so3_log, solve_so3  # noqa: E402
+from sciffusion.processes.so3 import GeodesicFlowProcess, IGSO3Process, SO3Process, so3_exp, so3_log  # noqa: E402
+from sciffusion.sampling import compatible_solvers, solve_field, steps_for_nfe  # noqa: E402
 from sciffusion.sampling.exact_so3 import SO3MMD, SO3Target  # noqa: E402
 
 NFE_BUDGETS = (5, 10, 20, 50, 100, 1000)
@@ -54,11 +55,6 @@ def models() -> dict[str, SO3Process]:
             "igso3": IGSO3Process(sigma_min=0.1, sigma_max=1.5)}
 
 
-def steps_for(solver: str, budget: int) -> int:
-    """Steps whose NFE fits the budget: Heun ``(budget + 1) // 2``, the others ``budget``."""
-    return (budget + 1) // 2 if solver == "heun" else budget
-
-
 def run(quick: bool, log: Callable[[str], None]) -> dict:
     """All models x solvers x NFE budgets x seeds; returns ``{"results": ..., "bars": [...]}``."""
     budgets = QUICK_NFE_BUDGETS if quick else NFE_BUDGETS
@@ -73,7 +69,7 @@ def run(quick: bool, log: Callable[[str], None]) -> dict:
     for model, process in models().items():
         network = target.network(process)
         per_solver: dict = {}
-        for solver in process.solvers:
+        for solver in compatible_solvers(process):
             errors: dict[int, list[float]] = {k: [] for k in budgets}
             angle_error: dict[int, list[float]] = {k: [] for k in budgets}
             weight_tv: dict[int, list[float]] = {k: [] for k in budgets}
@@ -82,7 +78,7 @@ def run(quick: bool, log: Callable[[str], None]) -> dict:
                 for seed in seeds:
                     x_init = process.prior((n, 3, 3), torch.Generator().manual_seed(seed), dtype=torch.float64)
                     noise = torch.Generator().manual_seed(10_000 + seed)
-                    samples = solve_so3(process, network, x_init, process.time_grid(steps_for(solver, k)), solver,
+                    samples = solve_field(process, network, x_init, process.time_grid(steps_for_nfe(solver, k)), solver,
                                         generator=noise, index=torch.arange(n))
                     errors[k].append(mmd(samples))
                     labels, angle = target.nearest(samples)
@@ -92,7 +88,7 @@ def run(quick: bool, log: Callable[[str], None]) -> dict:
             mean = {k: statistics.fmean(v) for k, v in errors.items()}
             per_solver[solver] = {"mmd_mean": mean, "mmd_per_seed": errors, "floor": mean[max(budgets)],
                                   "over_floor": {k: mean[k] / mean[max(budgets)] for k in budgets},
-                                  "steps": {k: steps_for(solver, k) for k in budgets},
+                                  "steps": {k: steps_for_nfe(solver, k) for k in budgets},
                                   "mean_angle_error": {k: statistics.fmean(v) for k, v in angle_error.items()},
                                   "assignment_tv": {k: statistics.fmean(v) for k, v in weight_tv.items()},
                                   "seconds": time.perf_counter() - started}

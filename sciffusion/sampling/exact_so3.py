@@ -34,6 +34,7 @@ from __future__ import annotations
 import math
 from typing import Sequence
 
+import roma
 import torch
 from torch import Tensor
 
@@ -46,7 +47,6 @@ from sciffusion.processes.so3 import (
     igso3_log_density,
     igso3_score,
     so3_exp,
-    so3_log,
 )
 
 
@@ -70,15 +70,17 @@ class SO3Target:
         if not bool((w > 0).all()):
             raise ValueError("target weights must be positive")
         self.rotations, self.weights = q, w / w.sum()
+        self._inverse_quats = roma.quat_conjugation(roma.rotmat_to_unitquat(q))  # Q_j^T as unit quaternions (K, 4)
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         """``n`` independent draws ``(n, 3, 3)`` float64."""
         return self.rotations[torch.multinomial(self.weights, n, replacement=True, generator=generator)]
 
     def relative(self, rot: Tensor) -> Tensor:
-        """``log(Q_j^T R)`` ``(R, K, 3)`` float64 for rotations ``rot`` ``(R, 3, 3)``."""
-        q = self.rotations.to(rot.device)
-        return so3_log(q.transpose(1, 2)[None] @ rot.double()[:, None])
+        """``log(Q_j^T R)`` ``(R, K, 3)`` float64 for rotations ``rot`` ``(R, 3, 3)`` (composed as unit quaternions:
+        one matrix-to-quaternion conversion per rotation, not per pair)."""
+        q_rot = roma.rotmat_to_unitquat(rot.double())
+        return roma.unitquat_to_rotvec(roma.quat_product(self._inverse_quats.to(rot.device)[None], q_rot[:, None]))
 
     # -- geodesic flow ---------------------------------------------------------------------------
     @staticmethod
@@ -87,7 +89,8 @@ class SO3Target:
         (> 0) broadcasts to ``theta``; float64."""
         theta, kappa = torch.broadcast_tensors(theta.double(), kappa.double())
         inner = (theta / (2 * kappa)).clamp_max(math.pi / 2)
-        log_p = -3 * torch.log(kappa) + 2 * torch.log(torch.sinc(inner / math.pi)) - 2 * torch.log(torch.sinc(theta / (2 * math.pi)))
+        log_p = (-3 * torch.log(kappa) + 2 * torch.log(torch.sinc(inner / math.pi))
+                 - 2 * torch.log(torch.sinc(theta / (2 * math.pi))))
         return torch.where(theta <= kappa * math.pi, log_p, torch.full_like(log_p, -math.inf))
 
     def flow_posterior(self, rot: Tensor, kappa: Tensor, relative: Tensor | None = None) -> Tensor:
@@ -181,7 +184,8 @@ class SO3MMD:
         if not bandwidth > 0:
             raise ValueError(f"bandwidth must be > 0, got {bandwidth}")
         self.target, self.bandwidth, self.chunk = target, float(bandwidth), int(chunk)
-        self._log_k0 = float(igso3_log_density(torch.zeros((), dtype=torch.float64), torch.tensor(self.bandwidth, dtype=torch.float64)))
+        self._h = torch.tensor(self.bandwidth, dtype=torch.float64)
+        self._log_k0 = float(igso3_log_density(torch.zeros((), dtype=torch.float64), self._h))
         q, pi = target.rotations, target.weights
         self._target_term = float(pi @ self.kernel(q, q) @ pi)
 
@@ -190,7 +194,7 @@ class SO3MMD:
         ``a_i^T b_j`` from the trace ``sum a_i * b_j = 1 + 2 cos(angle)``)."""
         trace = a.double().reshape(-1, 9) @ b.double().reshape(-1, 9).T
         angle = torch.arccos(((trace - 1) / 2).clamp(-1, 1))
-        return torch.exp(igso3_log_density(angle, torch.tensor(self.bandwidth, dtype=torch.float64)) - self._log_k0)
+        return torch.exp(igso3_log_density(angle, self._h) - self._log_k0)
 
     def mmd2(self, samples: Tensor) -> float:
         """Squared MMD (V-statistic) of samples ``(n, 3, 3)`` to the target."""

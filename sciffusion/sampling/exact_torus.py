@@ -108,9 +108,9 @@ class TorusTarget:
     # -- a perfect network -----------------------------------------------------------------------
     def network(self, process: TorusProcess) -> TorusNetwork:
         """``(x_t, t (B,), index) -> raw output`` of a perfect network for ``process``: the velocity for the flow,
-        the score over :meth:`WrappedNormalProcess.score_scale` for the wrapped normal (its images chosen from the
-        largest ``sigma`` of the call, truncation error <= 1e-10). ``x_t`` is
-        ``(B, ..., d)`` or ragged ``(N, d)``; every row is an independent draw of the target."""
+        the score over :meth:`WrappedNormalProcess.score_scale` for the wrapped normal (images chosen from the
+        call's largest ``sigma``, truncation error <= 1e-10). ``x_t`` is ``(B, ..., d)`` or ragged ``(N, d)``;
+        every row is an independent draw of the target."""
 
         def rows(x_t: Tensor, t: Tensor, index: Tensor | None) -> tuple[Tensor, Tensor]:
             t_rows = per_sample(t.double(), x_t, index).expand(*x_t.shape[:-1], 1).reshape(-1)

@@ -100,6 +100,22 @@ def solve(processes: dict[str, Process], denoise: DenoiseFn, x: State, grid: Ten
     return x
 
 
+def solve_field(process: Process, network: Callable[[Tensor, Tensor, Tensor | None], Tensor], x: Tensor, grid: Tensor,
+                solver: str | None = None, generator: torch.Generator | None = None, index: Tensor | None = None,
+                **options: Any) -> Tensor:
+    """:func:`solve` for one field driven by a raw network ``(net_input(x_t), time_input(t), index) -> output``
+    (what the process's ``predict`` takes; e.g. an exact model of a known target). ``solver`` defaults to the
+    process's own; ``options`` go to :func:`solve`."""
+
+    def denoise(state: State, t: Tensor, path: dict[str, Any] | None = None) -> dict[str, Any]:
+        x_t = state["x"]
+        out = network(process.net_input(x_t, t, index), process.time_input(t), index)
+        return {"x": process.predict(out, x_t, t, index, (path or {}).get("x"))}
+
+    return solve({"x": process}, denoise, {"x": x}, grid, {"x": solver or process.default_solver}, generator=generator,
+                 index=None if index is None else {"x": index}, **options)["x"]
+
+
 def batch_size(x: State, index: Index) -> int:
     """Number of samples: a dense field's first dimension, else the largest ragged index + 1."""
     for name, v in x.items():

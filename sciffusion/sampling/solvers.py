@@ -14,11 +14,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+import torch
 from torch import Tensor
 
 from sciffusion.processes import Coefficients, GaussianProcess, broadcast
 from sciffusion.processes.base import Process
 from sciffusion.processes.gaussian import shared_time
+from sciffusion.processes.so3 import IGSO3Process, SO3Process, igso3_euler_maruyama_step, so3_euler_step, so3_heun_step
 from sciffusion.registry import SOLVERS
 from sciffusion.sampling import steps as S
 
@@ -210,3 +212,25 @@ register_solver("heun", "Heun (2nd order) on the probability-flow ODE", corrects
 register_solver("euler_maruyama", "Euler-Maruyama on the reverse SDE").add(GaussianProcess, _euler_maruyama)
 register_solver("pc", "predictor-corrector: reverse-SDE predictor + Langevin corrector", corrects=True).add(
     GaussianProcess, _euler_maruyama, _langevin_correct)
+
+
+# ------------------------------------------------------------------------------------------------
+# SO(3) (sciffusion.processes.so3): Euler / Heun on the ODE in the process's own time, geodesic steps
+# ------------------------------------------------------------------------------------------------
+def _so3_euler(process: SO3Process, inp: StepInput) -> tuple[Tensor, Any]:
+    return so3_euler_step(process, inp.x, inp.pred, inp.t, inp.s, inp.index), None
+
+
+def _so3_heun(process: SO3Process, inp: StepInput, proposal: Tensor, pred_s: Any) -> Tensor:
+    return so3_heun_step(process, inp.x, inp.pred, pred_s, inp.t, inp.s, inp.index)
+
+
+def _igso3_euler_maruyama(process: IGSO3Process, inp: StepInput) -> tuple[Tensor, Any]:
+    """The noise is a body-frame tangent vector per rotation ``(..., 3)``."""
+    noise = torch.randn((*inp.x.shape[:-2], 3), generator=inp.generator, dtype=inp.x.dtype).to(inp.x.device)
+    return igso3_euler_maruyama_step(process, inp.x, inp.pred, inp.t, inp.s, noise, inp.index), None
+
+
+get_solver("euler").add(SO3Process, _so3_euler)
+get_solver("heun").add(SO3Process, _so3_euler, _so3_heun)
+get_solver("euler_maruyama").add(IGSO3Process, _igso3_euler_maruyama)
