@@ -229,3 +229,16 @@ def test_node_budget_sampler_is_deterministic_within_budget_and_even_over_ranks(
     assert sorted(seen[:len(sizes)]) == list(range(len(sizes)))
     with pytest.raises(ValueError, match="more than the node budget"):
         NodeBudgetBatchSampler([40], 30, 0, 1, 2)
+
+
+def test_processes_move_with_the_model_and_keep_their_precision() -> None:
+    """``model.to(device)`` moves the processes' tables (VP's schedule knots) with the weights; ``model.float()``
+    leaves their float64 precision alone."""
+    model = DiffusionModel(ToyCloudNet(16), {"pos": VPProcess("cosine", prediction="v")})
+    knots = model.processes["pos"]._alpha_knots
+    assert knots.dtype == torch.float64
+    model.float()
+    assert model.processes["pos"]._alpha_knots.dtype == torch.float64
+    model.to("meta")
+    assert model.processes["pos"]._alpha_knots.device.type == "meta"
+    assert model.processes["pos"]._alpha_knots.dtype == torch.float64
