@@ -150,7 +150,8 @@ class DiffusionModel(nn.Module):
         out = self.raw(x_t, t, cond, index)
         terms = []
         for name, proc in self.processes.items():
-            err = proc.loss(out[name], x0[name], x_t[name], aux[name], t, index.get(name), weighting=self.loss_weighting)
+            extra = {"weighting": self.loss_weighting} if isinstance(proc, GaussianProcess) else {}
+            err = proc.loss(out[name], x0[name], x_t[name], aux[name], t, index.get(name), **extra)
             terms.append(self.weights[name] * _reduce(err, masks.get(name), index.get(name), n))
         return torch.stack(terms).sum()
 

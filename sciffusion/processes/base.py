@@ -71,11 +71,10 @@ class Process:
         """The time the network sees, ``(B,)`` (identity unless preconditioned, as EDM's ``c_noise``)."""
         return t
 
-    def loss(self, out: Tensor, x0: Tensor, x_t: Tensor, aux: Any, t: Tensor, index: Tensor | None = None,
-             **options: Any) -> Tensor:
+    def loss(self, out: Tensor, x0: Tensor, x_t: Tensor, aux: Any, t: Tensor, index: Tensor | None = None) -> Tensor:
         """Training loss of the raw network output, per entry: shaped like the field, or like its rows ``(rows,)``
-        (the model averages it per sample, then over samples). ``options`` carries the model's loss settings
-        (Gaussian: ``weighting``), which other processes ignore."""
+        (the model averages it per sample, then over samples; Gaussian processes also take the model's
+        ``weighting``)."""
         raise NotImplementedError
 
     def predict(self, out: Tensor, x_t: Tensor, t: Tensor, index: Tensor | None = None, path: Any = None) -> Any:

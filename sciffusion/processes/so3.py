@@ -123,8 +123,12 @@ def _sample_ids(x: Tensor, index: Tensor | None) -> Tensor:
     return ids.reshape(-1, *([1] * (x.dim() - 3))).expand(x.shape[:-2])
 
 
-def _step_draws(rng: StepRandom, device: torch.device) -> tuple[Draw, Draw]:
-    """float64 normal and uniform draws of a given shape from a training step's :class:`StepRandom`."""
+def _step_draws(rng: StepRandom, device: torch.device, index: Tensor | None = None) -> tuple[Draw, Draw]:
+    """float64 normal and uniform draws of a given shape from a training step's :class:`StepRandom` (ragged rows:
+    one stream per sample, so that the draws do not depend on how samples are spread over processes)."""
+    if index is not None:
+        return (lambda shape: rng.randn_rows(index, *shape[1:], dtype=torch.float64, device=device),
+                lambda shape: rng.rand_rows(index, *shape[1:], dtype=torch.float64, device=device))
     return (lambda shape: rng.randn(*shape, dtype=torch.float64, device=device),
             lambda shape: rng.rand(*shape, dtype=torch.float64, device=device))
 
@@ -375,7 +379,7 @@ class GeodesicFlowProcess(SO3Process):
     def corrupt(self, x0: Tensor, t: Tensor, rng: StepRandom, index: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """``R_t = R0 exp(kappa(t) log U)``, ``U`` Haar; returns ``R_t`` ``(..., 3, 3)`` and the target displacement
         ``log(R_t^T R0) = -kappa log U`` ``(..., 3)``."""
-        rotvec = self._body_noise(t, _sample_ids(x0, index), *_step_draws(rng, x0.device))
+        rotvec = self._body_noise(t, _sample_ids(x0, index), *_step_draws(rng, x0.device, index))
         return x0 @ so3_exp(rotvec.to(x0.dtype)), (-rotvec).to(x0.dtype)
 
     def displacement(self, out: Tensor, x_t: Tensor) -> Tensor:
@@ -445,7 +449,7 @@ class IGSO3Process(SO3Process):
         """``R_t = R0 E``, ``E ~ IGSO3(sigma(t))``; returns ``R_t`` and the normalised target
         ``score(R_t | R0) / sqrt(E |score|^2)`` ``(..., 3)`` (``t > 0``)."""
         sample = _sample_ids(x0, index)
-        rotvec = self._body_noise(t, sample, *_step_draws(rng, x0.device))
+        rotvec = self._body_noise(t, sample, *_step_draws(rng, x0.device, index))
         target = igso3_score(rotvec, self._smooth_sigma(t)[sample]) / self.score_scale(t)[sample][..., None]
         return x0 @ so3_exp(rotvec.to(x0.dtype)), target.to(x0.dtype)
 

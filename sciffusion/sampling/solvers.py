@@ -20,6 +20,7 @@ from torch import Tensor
 from sciffusion.processes import Coefficients, GaussianProcess, broadcast
 from sciffusion.processes.base import Process
 from sciffusion.processes.gaussian import shared_time
+from sciffusion.processes.categorical import CategoricalProcess, d3pm_step, dfm_euler_step
 from sciffusion.processes.so3 import IGSO3Process, SO3Process, igso3_euler_maruyama_step, so3_euler_step, so3_heun_step
 from sciffusion.registry import SOLVERS
 from sciffusion.sampling import steps as S
@@ -234,3 +235,20 @@ def _igso3_euler_maruyama(process: IGSO3Process, inp: StepInput) -> tuple[Tensor
 get_solver("euler").add(SO3Process, _so3_euler)
 get_solver("heun").add(SO3Process, _so3_euler, _so3_heun)
 get_solver("euler_maruyama").add(IGSO3Process, _igso3_euler_maruyama)
+
+
+# ------------------------------------------------------------------------------------------------
+# Categorical (sciffusion.processes.categorical): discrete flow matching and D3PM ancestral steps
+# ------------------------------------------------------------------------------------------------
+def _dfm_euler(process: CategoricalProcess, inp: StepInput) -> tuple[Tensor, Any]:
+    return dfm_euler_step(process, inp.x, inp.pred, inp.t, inp.s, inp.generator, inp.index), None
+
+
+def _d3pm(process: CategoricalProcess, inp: StepInput) -> tuple[Tensor, Any]:
+    return d3pm_step(process, inp.x, inp.pred, inp.t, inp.s, inp.generator, inp.index), None
+
+
+register_solver("dfm_euler", "discrete flow matching Euler step of the mixture-path CTMC (Campbell et al. 2024; "
+                             "Gat et al. 2024)").add(CategoricalProcess, _dfm_euler)
+register_solver("d3pm", "D3PM ancestral step from the posterior averaged over the predicted clean class "
+                        "(Austin et al. 2021)").add(CategoricalProcess, _d3pm)
