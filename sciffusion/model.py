@@ -30,7 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from sciffusion.guidance import GradientGuidance, apply_gradient_guidance, classifier_free
-from sciffusion.processes import GaussianProcess, LossWeighting, Prediction, Process, ot_pairing, segment_mean
+from sciffusion.processes import GaussianProcess, LossWeighting, Prediction, Process, ot_pairing
 from sciffusion.processes.gaussian import FlowProcess
 from sciffusion.rng import StepRandom
 from sciffusion.sampling import Constraint, State, batch_size, solve

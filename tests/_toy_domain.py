@@ -268,13 +268,13 @@ class ToyCloudDomain(Domain):
         from sciffusion.train.batches import NodeBudgetBatchSampler
 
         dataset = ToyCloudDataset(cfg.data)
-        sampler = None
-        if cfg.data.max_nodes > 0:
-            def sampler(first_step: int, last_step: int, rank: int, world: int) -> NodeBudgetBatchSampler:
-                return NodeBudgetBatchSampler(dataset.sizes, cfg.data.max_nodes, cfg.seed, first_step, last_step, rank,
-                                              world, multiple=cfg.data.multiple)
+
+        def node_budget(first_step: int, last_step: int, rank: int, world: int) -> NodeBudgetBatchSampler:
+            return NodeBudgetBatchSampler(dataset.sizes, cfg.data.max_nodes, cfg.seed, first_step, last_step, rank,
+                                          world, multiple=cfg.data.multiple)
+
         return TrainSetup(model=self.build_model(cfg), dataset=dataset, collate=partial(collate_graphs, node_fields=["pos"]),
-                          batch_sampler=sampler)
+                          batch_sampler=node_budget if cfg.data.max_nodes > 0 else None)
 
 
 if "toy_cloud" not in DOMAINS:

@@ -1,9 +1,11 @@
-"""Test helpers shared by every module: data that lives beside the repository, in ``../shared/data``."""
+"""Test helpers shared by every module: one intra-op thread, and data that lives beside the repository, in
+``../shared/data``."""
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
+import torch
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -15,3 +17,13 @@ def shared_data(relpath: str) -> Path:
     if not path.exists():
         pytest.skip(f"needs ../shared/data/{relpath}: not on this machine")
     return path
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_thread():
+    """Tiny tensors: one intra-op thread (on a busy 2-core machine a second thread makes each small op wait for a
+    descheduled worker)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -30,15 +30,6 @@ NULL = len(CLASS_MIXTURES)
 SOLVERS = ["ddpm", "ddim", "dpmpp_2m", "euler", "heun", "euler_maruyama", "pc"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one intra-op thread (a second one only waits on a busy 2-core machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 class ExactConditionalNet(nn.Module):
     """``net(x_t, t, cond) -> {"x": eps}``: the exact noise prediction of the class's mixture on ``process``.
 

@@ -3,7 +3,6 @@ DFM step's kernel, the exact finite-target denoiser against Monte Carlo, the TV 
 CFG in logit space, ragged equals dense, and both solvers reaching the target with the exact denoiser."""
 from __future__ import annotations
 
-import itertools
 import math
 
 import pytest
@@ -27,15 +26,6 @@ from sciffusion.sampling.exact_categorical import FiniteSequenceTarget
 SOURCES = ("mask", "uniform")
 STEPS = {"dfm_euler": dfm_euler_step, "d3pm": d3pm_step}  # the pure step functions
 SOLVERS = tuple(STEPS)  # the same, registered in the core
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small tensors on a shared 2-core machine: one intra-op thread."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _small_target(length: int = 3, num_classes: int = 3, count: int = 8, seed: int = 0) -> FiniteSequenceTarget:

@@ -36,14 +36,6 @@ N_SAMPLES = 8000
 FINE_NFE = {"ddpm": 1000, "euler_maruyama": 1000, "pc": 1000}  # others: 200
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def distance() -> SlicedW1ToMixture:
     return SlicedW1ToMixture(MIXTURE, projections=128)

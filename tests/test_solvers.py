@@ -31,16 +31,6 @@ PREDICTIONS = {"epsilon": "eps", "v_prediction": "v"}
 MIXTURE = reference_mixture(dim=2, components=4, seed=0)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one intra-op thread (on a busy 2-core machine a second thread makes each small
-    exp / softmax wait milliseconds for a descheduled worker)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _initial_noise(n: int = 64, seed: int = 0) -> Tensor:
     return torch.randn(n, MIXTURE.dim, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
 

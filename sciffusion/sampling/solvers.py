@@ -142,15 +142,15 @@ def resolve_solvers(processes: dict[str, Process], solver: str | dict[str, str])
         if unknown:
             raise ValueError(f"solver given for unknown field(s) {', '.join(unknown)} (fields: {', '.join(processes)})")
     chosen: dict[str, Solver] = {}
-    for field, process in processes.items():
-        name = solver.get(field, process.default_solver) if per_field else solver
-        candidate = get_solver(name)
+    for name, process in processes.items():
+        wanted = solver.get(name, process.default_solver) if per_field else solver
+        candidate = get_solver(wanted)
         if not candidate.compatible(process):
-            if per_field and field in solver:
-                raise ValueError(f"solver '{name}' cannot drive field '{field}' ({type(process).__name__}); "
+            if per_field and name in solver:
+                raise ValueError(f"solver '{wanted}' cannot drive field '{name}' ({type(process).__name__}); "
                                  f"solvers for it: {', '.join(compatible_solvers(process))}")
             candidate = get_solver(process.default_solver)
-        chosen[field] = candidate
+        chosen[name] = candidate
     return chosen
 
 
