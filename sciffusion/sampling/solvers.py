@@ -21,6 +21,16 @@ from sciffusion.processes import Coefficients, GaussianProcess, broadcast
 from sciffusion.processes.base import Process
 from sciffusion.processes.gaussian import shared_time
 from sciffusion.processes.categorical import CategoricalProcess, d3pm_step, dfm_euler_step
+from sciffusion.processes.torus import (
+    TorusFlowProcess,
+    WrappedNormalProcess,
+    flow_euler_step,
+    flow_heun_step,
+    wrapped_normal_heun_step,
+    wrapped_normal_langevin_step,
+    wrapped_normal_ode_step,
+    wrapped_normal_predictor_step,
+)
 from sciffusion.processes.so3 import IGSO3Process, SO3Process, igso3_euler_maruyama_step, so3_euler_step, so3_heun_step
 from sciffusion.registry import SOLVERS
 from sciffusion.sampling import steps as S
@@ -252,3 +262,36 @@ register_solver("dfm_euler", "discrete flow matching Euler step of the mixture-p
                              "Gat et al. 2024)").add(CategoricalProcess, _dfm_euler)
 register_solver("d3pm", "D3PM ancestral step from the posterior averaged over the predicted clean class "
                         "(Austin et al. 2021)").add(CategoricalProcess, _d3pm)
+
+
+# ------------------------------------------------------------------------------------------------
+# Torus (sciffusion.processes.torus): flat-torus flow and wrapped-normal score steps, every one wraps
+# ------------------------------------------------------------------------------------------------
+def _torus_flow_euler(process: TorusFlowProcess, inp: StepInput) -> tuple[Tensor, Any]:
+    return flow_euler_step(inp.x, inp.pred, inp.t, inp.s, inp.index), None
+
+
+def _torus_flow_heun(process: TorusFlowProcess, inp: StepInput, proposal: Tensor, pred_s: Any) -> Tensor:
+    return flow_heun_step(inp.x, inp.pred, pred_s, inp.t, inp.s, inp.index)
+
+
+def _wrapped_normal_euler(process: WrappedNormalProcess, inp: StepInput) -> tuple[Tensor, Any]:
+    return wrapped_normal_ode_step(process, inp.x, inp.pred, inp.t, inp.s, inp.index), None
+
+
+def _wrapped_normal_heun(process: WrappedNormalProcess, inp: StepInput, proposal: Tensor, pred_s: Any) -> Tensor:
+    return wrapped_normal_heun_step(process, inp.x, inp.pred, pred_s, inp.t, inp.s, inp.index)
+
+
+def _wrapped_normal_predictor(process: WrappedNormalProcess, inp: StepInput) -> tuple[Tensor, Any]:
+    return wrapped_normal_predictor_step(process, inp.x, inp.pred, inp.t, inp.s, inp.noise(), inp.index), None
+
+
+def _wrapped_normal_langevin(process: WrappedNormalProcess, inp: StepInput, proposal: Tensor, pred_s: Any) -> Tensor:
+    return wrapped_normal_langevin_step(process, proposal, pred_s, inp.s, inp.noise(), inp.index)
+
+
+get_solver("euler").add(TorusFlowProcess, _torus_flow_euler).add(WrappedNormalProcess, _wrapped_normal_euler)
+get_solver("heun").add(TorusFlowProcess, _torus_flow_euler, _torus_flow_heun).add(
+    WrappedNormalProcess, _wrapped_normal_euler, _wrapped_normal_heun)
+get_solver("pc").add(WrappedNormalProcess, _wrapped_normal_predictor, _wrapped_normal_langevin)
