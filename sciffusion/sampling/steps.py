@@ -91,12 +91,6 @@ def _sde_terms(alpha: Tensor, sigma: Tensor, d_alpha: Tensor, d_sigma: Tensor) -
     return f, (2 * sigma * d_sigma - 2 * f * sigma**2).clamp_min(0)
 
 
-def sde_coefficients(process: GaussianProcess, t: Tensor) -> tuple[Tensor, Tensor]:
-    """Drift factor ``f(t)`` and squared diffusion ``g(t)^2`` of the forward SDE ``dx = f x dt + g dW``
-    whose marginals are the path: ``f = alpha'/alpha``, ``g^2 = 2 sigma sigma' - 2 f sigma^2``."""
-    return _sde_terms(*process.alpha_sigma(t), *process.derivatives(t))
-
-
 def euler_maruyama_step(x: Tensor, pred: Prediction, c_t: Coefficients, dt: Tensor, noise: Tensor) -> Tensor:
     """Euler–Maruyama on the reverse-time SDE ``dx = [f x - g^2 score] dt + g dW`` over ``dt = s - t < 0``
     (broadcast to ``x``)."""
