@@ -11,13 +11,13 @@ import shutil
 import sys
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pytest
 import torch
 import yaml
 
 sys.path.insert(0, str(Path(__file__).parent))
+from _series_data import write_series_csv  # noqa: E402
 from _toy_domain import write_toy_config  # noqa: E402
 
 from sciffusion.cli import main  # noqa: E402
@@ -58,22 +58,6 @@ def fails(argv: list[str], capsys: pytest.CaptureFixture[str], *watched: Path) -
     return lines[0]
 
 
-def write_series(path: Path, n: int, seed: int = 0) -> pd.DataFrame:
-    """Three hourly features; ``temp`` has random gaps, ``dew`` a block of gaps at rows 20-27."""
-    rng = np.random.default_rng(seed)
-    t = np.arange(n)
-    frame = pd.DataFrame({
-        "time": pd.date_range("2024-03-01", periods=n, freq="h").strftime("%Y-%m-%dT%H:%M:%S"),
-        "temp": np.round(10 + 3 * np.sin(t / 5) + 0.3 * rng.normal(size=n), 3),
-        "dew": np.round(5 + 3 * np.sin(t / 5 + 0.3) + 0.3 * rng.normal(size=n), 3),
-        "wind": np.round(np.abs(4 + rng.normal(size=n)), 3),
-    })
-    frame.loc[rng.random(n) < 0.15, "temp"] = np.nan
-    frame.loc[20:27, "dew"] = np.nan
-    frame.to_csv(path, index=False)
-    return frame
-
-
 DAMAGES = {"truncated": lambda data: data[: len(data) // 2], "empty": lambda data: b"",
            "garbage": lambda data: b"\x00not a checkpoint\xff" * 40}
 
@@ -94,7 +78,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny images run (``images``) and a tiny timeseries run (``series``, trained on ``train.csv``)."""
     root = tmp_path_factory.mktemp("bad_inputs")
     assert main(["train", DIGITS, f"run_dir={root / 'images'}", *TINY_IMAGES]) == 0
-    write_series(root / "train.csv", n=120, seed=1)
+    write_series_csv(root / "train.csv", n=120, seed=1)
     config = {
         "domain": "timeseries", "seed": 0, "run_dir": str(root / "series"),
         "data": {"source": "csv", "path": str(root / "train.csv"), "window": 12, "stride": 4, "test_fraction": 0.2},
@@ -103,7 +87,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     }
     (root / "series.yaml").write_text(yaml.safe_dump(config))
     assert main(["train", str(root / "series.yaml")]) == 0
-    write_series(root / "gaps.csv", n=30, seed=2)
+    write_series_csv(root / "gaps.csv", n=30, seed=2)
     return root
 
 

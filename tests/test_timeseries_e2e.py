@@ -1,6 +1,7 @@
 """End to end on CPU: the CSDI net, batched imputation, `sciffusion train` + `sciffusion impute`."""
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -8,14 +9,17 @@ import pandas as pd
 import pytest
 import torch
 import yaml
-from sciffusion.domains.timeseries.domain import _mask_fn
-from sciffusion.domains.timeseries.masks import MaskConfig
 
-from sciffusion.cli import main
-from sciffusion.model import DiffusionModel
-from sciffusion.domains.timeseries.csdi import build_csdi
-from sciffusion.processes.gaussian import FlowProcess, VPProcess
-from sciffusion.tasks.impute import ImputationModel
+sys.path.insert(0, str(Path(__file__).parent))
+from _series_data import write_series_csv  # noqa: E402
+
+from sciffusion.cli import main  # noqa: E402
+from sciffusion.domains.timeseries.csdi import build_csdi  # noqa: E402
+from sciffusion.domains.timeseries.domain import _mask_fn  # noqa: E402
+from sciffusion.domains.timeseries.masks import MaskConfig  # noqa: E402
+from sciffusion.model import DiffusionModel  # noqa: E402
+from sciffusion.processes.gaussian import FlowProcess, VPProcess  # noqa: E402
+from sciffusion.tasks.impute import ImputationModel  # noqa: E402
 
 TINY_NET = {"name": "csdi", "channels": 8, "layers": 1, "heads": 2, "ff_dim": 16, "diffusion_embedding_dim": 16,
             "time_embedding_dim": 16, "feature_embedding_dim": 4, "dropout": 0.0}
@@ -66,22 +70,6 @@ def test_imputation_keeps_conditioning_entries_exactly(process, solver: str, ste
     assert again.shape == samples.shape
     assert torch.equal(again[kept], samples[kept])
     assert float(again[~kept].std()) > 0.05
-
-
-def write_series_csv(path: Path, n: int = 60, seed: int = 0, gaps: bool = True) -> pd.DataFrame:
-    rng = np.random.default_rng(seed)
-    t = np.arange(n)
-    frame = pd.DataFrame({
-        "time": pd.date_range("2024-03-01", periods=n, freq="h").strftime("%Y-%m-%dT%H:%M:%S"),
-        "temp": np.round(10 + 3 * np.sin(t / 5) + 0.3 * rng.normal(size=n), 3),
-        "dew": np.round(5 + 3 * np.sin(t / 5 + 0.3) + 0.3 * rng.normal(size=n), 3),
-        "wind": np.round(np.abs(4 + rng.normal(size=n)), 3),
-    })
-    if gaps:
-        frame.loc[rng.random(n) < 0.15, "temp"] = np.nan
-        frame.loc[20:27, "dew"] = np.nan
-    frame.to_csv(path, index=False)
-    return frame
 
 
 @pytest.fixture(scope="module")
