@@ -1,6 +1,7 @@
 """Categorical process: forward marginals against the closed form, the D3PM posterior against brute-force Bayes, the
 DFM step's kernel, the exact finite-target denoiser against Monte Carlo, the TV floor, bad inputs naming the field,
-CFG in logit space, ragged equals dense, and both solvers reaching the target with the exact denoiser."""
+CFG in logit space, ragged equals dense, the solvers reaching the target with the exact denoiser, and the
+sequential-reveal step's exactness (one reveal per evaluation) where the per-entry steps are not."""
 from __future__ import annotations
 
 import math
@@ -17,10 +18,11 @@ from sciffusion.processes.categorical import (
     d3pm_posterior,
     d3pm_step,
     dfm_euler_step,
+    sequential_reveal_step,
 )
 from sciffusion.registry import PROCESSES
 from sciffusion.rng import StepRandom
-from sciffusion.sampling import solve_field
+from sciffusion.sampling import compatible_solvers, resolve_solvers, solve_field
 from sciffusion.sampling.exact_categorical import FiniteSequenceTarget
 
 SOURCES = ("mask", "uniform")
@@ -384,6 +386,76 @@ def test_solvers_reach_target_with_exact_denoiser(source: str, solver: str) -> N
     floor = target.tv_floor(n)
     assert errors[50] <= floor + 0.01, (errors, floor)
     assert errors[5] > 3 * errors[50]
+
+
+# ------------------------------------------------------------------------------------------------
+# Sequential reveal (mask source)
+# ------------------------------------------------------------------------------------------------
+def test_sequential_reveal_is_exact_in_as_many_steps_as_positions() -> None:
+    """Three positions, three steps, exact denoiser: the output law is the joint itself (to Monte-Carlo error), where
+    dfm_euler in three steps carries the both-at-once error of ``test_masked_sampler_law_on_two_positions``."""
+    process = CategoricalProcess(3, "mask")
+    target = _small_target(length=3, num_classes=3, count=8, seed=2)
+    n = 60_000
+    x_init = process.prior((n, 3))
+    codes = target.sequences[:, 0] * 9 + target.sequences[:, 1] * 3 + target.sequences[:, 2]
+    joint = torch.zeros(27, dtype=torch.float64).index_put((codes,), target.probs)
+    errors = {}
+    for solver in ("sequential_reveal", "dfm_euler"):
+        samples = _solve(process, target, solver, x_init, 3, torch.Generator().manual_seed(4))
+        counts = torch.bincount(samples[:, 0] * 9 + samples[:, 1] * 3 + samples[:, 2], minlength=27)
+        errors[solver] = 0.5 * float((counts / n - joint).abs().sum())
+        if solver == "sequential_reveal":
+            _assert_frequencies(counts, joint, n)
+    assert errors["dfm_euler"] > 5 * errors["sequential_reveal"], errors
+
+
+def test_sequential_reveal_reveals_one_entry_per_step_on_ragged_samples() -> None:
+    """Samples of 1, 4 and 7 entries over 10 linear steps: each evaluation sees at most one more revealed entry per
+    sample, the count follows ``round(L kappa(s))``, revealed entries never change, and nothing is masked at the
+    end; the dense layout of equal-length samples draws the same as the ragged one."""
+    process = CategoricalProcess(5, "mask")
+    sizes = torch.tensor([1, 4, 7])
+    index = torch.arange(3).repeat_interleave(sizes)
+    seen: list[Tensor] = []
+
+    def denoise(x_t: Tensor, t: Tensor, index: Tensor | None) -> Tensor:
+        seen.append(x_t.clone())
+        return torch.randn(*x_t.shape, 5, generator=torch.Generator().manual_seed(len(seen)))
+
+    grid = process.time_grid(10)
+    out = solve_field(process, denoise, process.prior((12,)), grid, "sequential_reveal",
+                      generator=torch.Generator().manual_seed(0), index=index)
+    states = [*seen, out]
+    for step, (before, after) in enumerate(zip(states, states[1:])):
+        revealed = torch.bincount(index, weights=(after != 5).double(), minlength=3)
+        assert torch.equal(revealed, torch.floor(sizes * process.kappa(grid[step + 1].double()) + 0.5))
+        gained = revealed - torch.bincount(index, weights=(before != 5).double(), minlength=3)
+        assert bool((gained <= 1).all())
+        kept = before != 5
+        assert torch.equal(after[kept], before[kept])
+    assert bool((out < 5).all())
+    x_t = torch.full((4, 6), 5)
+    x_t[:, 0] = 2  # one revealed entry each
+    logits = torch.randn(4, 6, 5, generator=torch.Generator().manual_seed(1))
+    t, s = torch.full((4,), 0.5), torch.full((4,), 0.2)
+    dense = sequential_reveal_step(process, x_t, logits, t, s, torch.Generator().manual_seed(3))
+    ragged = sequential_reveal_step(process, x_t.flatten(), logits.flatten(0, 1), t, s, torch.Generator().manual_seed(3),
+                                    index=torch.arange(4).repeat_interleave(6))
+    assert torch.equal(dense.flatten(), ragged)
+    assert torch.equal((dense != 5).sum(1), torch.full((4,), 5))  # round(6 * 0.8) = 5 revealed
+
+
+def test_sequential_reveal_drives_only_the_mask_source() -> None:
+    mask, uniform = CategoricalProcess(4, "mask"), CategoricalProcess(4, "uniform")
+    assert "sequential_reveal" in compatible_solvers(mask)
+    assert compatible_solvers(uniform) == ["d3pm", "dfm_euler"]
+    assert resolve_solvers({"a": uniform}, "sequential_reveal")["a"].name == "dfm_euler"  # one name: its default
+    with pytest.raises(ValueError, match="cannot drive field 'a'"):
+        resolve_solvers({"a": uniform}, {"a": "sequential_reveal"})
+    with pytest.raises(ValueError, match="needs the mask source"):
+        sequential_reveal_step(uniform, torch.zeros(2, 3, dtype=torch.long), torch.zeros(2, 3, 4), torch.ones(2),
+                               torch.zeros(2), None)
 
 
 def test_finite_target_rejects_bad_targets() -> None:

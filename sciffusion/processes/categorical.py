@@ -337,3 +337,58 @@ def d3pm_step(process: CategoricalProcess, x_t: Tensor, logits: Tensor, t: Tenso
     :func:`d3pm_posterior`; uniform and absorbing (mask) source. Shapes as :func:`dfm_euler_step`; at ``s = 0`` a
     draw of the predicted clean class."""
     return _sample(d3pm_posterior(process, x_t, logits, t, s, index), generator)
+
+
+def _rank_within_sample(keys: Tensor, index: Tensor) -> Tensor:
+    """Rank ``(N,)`` (0 = smallest) of each of ``keys`` ``(N,)`` in ``[0, 2)`` among the entries of its sample."""
+    order = torch.argsort(index.to(torch.float64) * 2 + keys)  # grouped by sample, ascending keys inside each
+    counts = torch.bincount(index, minlength=int(index.max()) + 1 if index.numel() else 0)
+    starts = torch.cumsum(counts, 0) - counts
+    ranks = torch.empty_like(index)
+    ranks[order] = torch.arange(index.numel(), device=index.device) - starts[index[order]]
+    return ranks
+
+
+def sequential_reveal_step(process: CategoricalProcess, x_t: Tensor, logits: Tensor, t: Tensor, s: Tensor,
+                           generator: torch.Generator | None, index: Tensor | None = None) -> Tensor:
+    """Masked-source step that reveals entries one evaluation at a time, in a uniformly random order.
+
+    On the mask path the clean-class posterior of the masked entries depends on ``x_t`` only through what is
+    revealed, not on ``t`` (Zheng et al. 2024, "Masked diffusion models are secretly time-agnostic masked models
+    and exploit inaccurate categorical sampling"). Revealing a single entry per network evaluation, drawn from its
+    posterior given the entries revealed so far, is therefore the chain rule of the joint law: exact under an exact
+    denoiser, whatever the order. :func:`dfm_euler_step` instead reveals each masked entry independently, and entries
+    revealed in the same step miss their dependence (an ``O(1 / steps)`` error).
+
+    The step keeps the number of revealed entries of a sample of ``L`` entries at ``round(L kappa(s))`` (the path's
+    expected count; all of them at ``s = 0``): it reveals ``max(0, round(L kappa(s)) - revealed)`` masked entries
+    chosen uniformly, each from its predicted clean class. That is at most one per step whenever
+    ``L (kappa(s) - kappa(t)) <= 1``, i.e. on the linear schedule with at least ``L`` steps. Entries already
+    revealed (including known ones held by inpainting) stay.
+
+    Args:
+        x_t: states, long ``(B, ...)`` or ragged ``(N,)`` with ``index`` ``(N,)``; ``L`` is the number of entries of
+            each sample.
+        logits: the prediction of :meth:`CategoricalProcess.predict`, ``(*x_t.shape, K)``.
+        t, s: current and next times ``(B,)``, ``s < t``.
+        generator: source of the draws (CPU): the order keys first, then the classes.
+    Returns:
+        ``x_s``, long, shaped like ``x_t``.
+    Raises:
+        ValueError: with the uniform source (every entry is always "revealed" there).
+    """
+    if process.source != "mask":
+        raise ValueError("the sequential-reveal step needs the mask source (source 'mask')")
+    batch = t.shape[0]
+    flat = x_t.reshape(-1)
+    rows = torch.arange(batch, device=x_t.device).repeat_interleave(flat.numel() // max(batch, 1)) if index is None else index
+    masked = flat == process.num_classes
+    sizes = torch.bincount(rows, minlength=batch)
+    revealed = sizes - torch.bincount(rows, weights=masked.to(torch.float64), minlength=batch).round().long()
+    wanted = torch.floor(sizes.to(torch.float64) * process.kappa(s.to(torch.float64)) + 0.5).long()
+    to_reveal = (wanted - revealed).clamp_min(0)
+    keys = torch.rand(flat.shape, generator=generator, dtype=torch.float64).to(flat.device)
+    keys = torch.where(masked, keys, torch.full_like(keys, 1.5))  # revealed entries rank after every masked one
+    chosen = masked & (_rank_within_sample(keys, rows) < to_reveal[rows])
+    classes = _sample(torch.softmax(logits.reshape(-1, process.num_classes), dim=-1), generator)
+    return torch.where(chosen, classes, flat).reshape(x_t.shape)

@@ -20,7 +20,7 @@ from torch import Tensor
 from sciffusion.processes import Coefficients, GaussianProcess, broadcast
 from sciffusion.processes.base import Process
 from sciffusion.processes.gaussian import shared_time
-from sciffusion.processes.categorical import CategoricalProcess, d3pm_step, dfm_euler_step
+from sciffusion.processes.categorical import CategoricalProcess, d3pm_step, dfm_euler_step, sequential_reveal_step
 from sciffusion.processes.torus import (
     TorusFlowProcess,
     WrappedNormalProcess,
@@ -80,7 +80,8 @@ class Solver:
 
     ``steps[family](process, inp) -> (x_s, memory)``. A solver with ``corrects`` evaluates the network a second
     time at ``(proposal, s)`` (not on the last step) and calls ``corrections[family](process, inp, proposal,
-    pred_at_proposal) -> x_s``.
+    pred_at_proposal) -> x_s``. ``accepts[family](process)``, where given, narrows a family to the processes the
+    step can drive (e.g. a masked-source-only categorical step).
     """
 
     name: str
@@ -88,30 +89,42 @@ class Solver:
     corrects: bool = False
     steps: dict[type, StepFn] = field(default_factory=dict)
     corrections: dict[type, CorrectFn] = field(default_factory=dict)
+    accepts: dict[type, Callable[[Process], bool]] = field(default_factory=dict)
 
-    def add(self, family: type, step: StepFn, correct: CorrectFn | None = None) -> "Solver":
-        """Teach the solver one more process family (the one call a new process needs)."""
+    def add(self, family: type, step: StepFn, correct: CorrectFn | None = None,
+            accepts: Callable[[Process], bool] | None = None) -> "Solver":
+        """Teach the solver one more process family (the one call a new process needs); ``accepts`` narrows the
+        family to the processes the step can drive."""
         if self.corrects != (correct is not None):
             raise ValueError(f"solver '{self.name}' {'needs' if self.corrects else 'takes no'} correction step")
         self.steps[family] = step
         if correct is not None:
             self.corrections[family] = correct
+        if accepts is not None:
+            self.accepts[family] = accepts
         return self
 
-    def _family(self, process: Process) -> type:
-        for cls in type(process).__mro__:  # the most specific implementation
+    def _family(self, process: Process) -> type | None:
+        """The most specific family of ``process`` this solver implements, if it accepts the process."""
+        for cls in type(process).__mro__:
             if cls in self.steps:
-                return cls
-        raise ValueError(f"solver '{self.name}' cannot drive the {type(process).__name__} process")
+                return cls if self.accepts.get(cls, lambda _: True)(process) else None
+        return None
+
+    def _family_or_raise(self, process: Process) -> type:
+        family = self._family(process)
+        if family is None:
+            raise ValueError(f"solver '{self.name}' cannot drive the {type(process).__name__} process")
+        return family
 
     def compatible(self, process: Process) -> bool:
-        return any(cls in self.steps for cls in type(process).__mro__)
+        return self._family(process) is not None
 
     def step(self, process: Process, inp: StepInput) -> tuple[Tensor, Any]:
-        return self.steps[self._family(process)](process, inp)
+        return self.steps[self._family_or_raise(process)](process, inp)
 
     def correct(self, process: Process, inp: StepInput, proposal: Tensor, pred_s: Any) -> Tensor:
-        return self.corrections[self._family(process)](process, inp, proposal, pred_s)
+        return self.corrections[self._family_or_raise(process)](process, inp, proposal, pred_s)
 
     def nfe(self, steps: int) -> int:
         """Network evaluations for ``steps`` steps (CFG doubles the batch, not the NFE)."""
@@ -260,8 +273,15 @@ def _d3pm(process: CategoricalProcess, inp: StepInput) -> tuple[Tensor, Any]:
 
 register_solver("dfm_euler", "discrete flow matching Euler step of the mixture-path CTMC (Campbell et al. 2024; "
                              "Gat et al. 2024)").add(CategoricalProcess, _dfm_euler)
+def _sequential_reveal(process: CategoricalProcess, inp: StepInput) -> tuple[Tensor, Any]:
+    return sequential_reveal_step(process, inp.x, inp.pred, inp.t, inp.s, inp.generator, inp.index), None
+
+
 register_solver("d3pm", "D3PM ancestral step from the posterior averaged over the predicted clean class "
                         "(Austin et al. 2021)").add(CategoricalProcess, _d3pm)
+register_solver("sequential_reveal", "mask source: reveals round(L kappa(s)) entries in random order, one per step "
+                                     "with >= L steps, which is exact for an exact denoiser (Zheng et al. 2024)"
+                ).add(CategoricalProcess, _sequential_reveal, accepts=lambda process: process.source == "mask")
 
 
 # ------------------------------------------------------------------------------------------------
