@@ -83,6 +83,9 @@ def _add_sampling_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--guidance-scale", type=finite_float, dest="guidance_scale", help="classifier-free guidance scale (1 = off)")
     g.add_argument("--eta", type=non_negative_float, help="DDIM eta (0 = deterministic)")
     g.add_argument("--seed", type=int, help="sampling seed")
+    g.add_argument("--length", type=positive_int, help="size of every sample, for domains whose samples vary in size "
+                                                       "(atoms of a molecule, residues of a backbone; default: drawn "
+                                                       "from the training data)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where to run the model")
 
 
@@ -170,6 +173,7 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     from sciffusion.domain import load_run
 
     run = load_run(args.run_dir, device=args.device)
+    run.domain.check_sampling_args(args)
     run.domain.sample(run, args)
     return 0
 
@@ -183,6 +187,7 @@ def _cmd_design(args: argparse.Namespace) -> int:
     if len(set(names)) != len(names):
         raise ValueError(f"--target names a property more than once: {', '.join(names)}")
     run = load_run(args.run_dir, device=args.device)
+    run.domain.check_sampling_args(args)
     run.domain.design(run, args, dict(args.target))
     return 0
 
@@ -192,6 +197,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from sciffusion.train.checkpoint import write_json_atomic
 
     run = load_run(args.run_dir, device=args.device)
+    run.domain.check_sampling_args(args)
     metrics = run.domain.evaluate(run, args)
     if not isinstance(metrics, dict):
         raise TypeError(f"domain '{run.domain.name}' evaluate() returned {type(metrics).__name__}, expected a dict")

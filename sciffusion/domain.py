@@ -87,6 +87,12 @@ class Domain:
     name: str = ""
     data_config: type | None = None
     extra_sections: dict[str, type] = {}
+    variable_size: bool = False  # samples vary in size: the sampling commands take --length
+
+    def check_sampling_args(self, args: argparse.Namespace) -> None:
+        """Refuse sampling options this domain does not use (one line, exit code 2)."""
+        if getattr(args, "length", None) is not None and not self.variable_size:
+            raise DomainError(f"--length: samples of domain '{self.name}' have a fixed size")
 
     def setup(self, cfg: Config) -> TrainSetup:
         """Build the training data and the model from a validated config."""

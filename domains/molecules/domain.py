@@ -1,0 +1,352 @@
+"""The molecules domain adapter (registered as ``molecules``): 3-D molecular graphs on the shared core.
+
+Fields: ``pos`` (ragged ``(N, 3)``, a zero-centre-of-mass Gaussian process), ``types`` (ragged ``(N,)``, a
+categorical process over the elements) and optionally ``charges`` (a categorical process over
+:data:`~sciffusion.domains.molecules.dataset.CHARGES`). Data: QM9 from ``qm9pack`` with EDM's split (the
+embedded default), or a user's SMILES / SDF file (RDKit conformers, cached). Commands: ``train``, ``sample``
+(SDF + PNG grid + CSV), ``evaluate`` (EDM's metrics).
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from sciffusion.config import Config, ConfigError
+from sciffusion.domain import Domain, Run, TrainSetup
+from sciffusion.domains.molecules.dataset import CHARGES, MoleculeDataset, PropertyNorm, draw_sizes, size_histogram
+from sciffusion.domains.molecules.qm9 import PROPERTIES, QM9_DECODER, MoleculeTable, cache_dir, load_qm9_split
+from sciffusion.model import DiffusionModel, diffusion_model_from_config
+from sciffusion.outputs import OutputError, check_file, publish_together
+from sciffusion.registry import DOMAINS
+from sciffusion.reps.graph import ragged_from_sizes
+from sciffusion.train.batches import NodeBudgetBatchSampler
+from sciffusion.train.checkpoint import write_json_atomic
+
+log = logging.getLogger(__name__)
+
+META_FILE = "molecules.json"  # what sampling needs of the training data, written next to the run's config
+QM9_PORTIONS = ("all", "first_half", "second_half")
+
+
+@dataclass
+class MoleculesData:
+    """``data:`` section of a molecules config.
+
+    ``source``: ``qm9`` (EDM's training split from ``qm9pack``; ``portion`` first_half / second_half are EDM's
+    halves for the conditional protocol), ``smiles`` (a CSV with a ``smiles`` column, or one SMILES per line) or
+    ``sdf`` (3-D records), from ``path``. ``elements``: the element of each type index (QM9: H, C, N, O, F); a
+    user file's molecules with other elements are skipped. ``max_molecules``: use only the first so many
+    (after a seeded shuffle; 0 = all). ``properties``: conditioning properties (QM9: gap, homo, lumo, mu, alpha,
+    Cv). ``charges``: model formal charges as a third field. ``max_nodes``: atoms per training batch (0: batches
+    of ``trainer.batch_size`` molecules).
+    """
+
+    source: Literal["qm9", "smiles", "sdf"] = "qm9"
+    path: str = ""
+    portion: Literal["all", "first_half", "second_half"] = "all"
+    elements: list[str] = field(default_factory=lambda: list(QM9_DECODER))
+    max_molecules: int = 0
+    properties: list[str] = field(default_factory=list)
+    charges: bool = False
+    max_nodes: int = 0
+    conformer_seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.source != "qm9" and not self.path:
+            raise ConfigError(f"'data.path' is required for data.source '{self.source}'")
+        if self.source == "qm9" and self.path:
+            raise ConfigError("'data.path' is for data.source smiles / sdf; qm9 comes from the qm9pack package")
+        if self.max_molecules < 0 or self.max_nodes < 0:
+            raise ConfigError("'data.max_molecules' and 'data.max_nodes' must be >= 0")
+        if len(set(self.elements)) != len(self.elements) or not self.elements:
+            raise ConfigError(f"'data.elements' must be distinct element symbols, got {self.elements}")
+        if self.source == "qm9":
+            if self.elements != list(QM9_DECODER):
+                raise ConfigError(f"'data.elements' for QM9 must be {list(QM9_DECODER)} (EDM's order)")
+            unknown = sorted(set(self.properties) - set(PROPERTIES))
+            if unknown:
+                raise ConfigError(f"'data.properties': unknown {', '.join(unknown)} (QM9 has {', '.join(PROPERTIES)})")
+        elif self.properties:
+            raise ConfigError("'data.properties' needs data.source qm9 (user files carry no property columns)")
+        if self.portion != "all" and self.source != "qm9":
+            raise ConfigError("'data.portion' is EDM's QM9 halves; it needs data.source qm9")
+
+
+def edm_half(table: MoleculeTable, portion: str) -> MoleculeTable:
+    """EDM's halves of the training split for the conditional protocol (``qm9_first_half`` / ``qm9_second_half``):
+    a fixed permutation (``np.random.seed(42)``) of the training molecules, split in the middle."""
+    if portion == "all":
+        return table
+    perm = np.random.RandomState(42).permutation(len(table))
+    half = len(table) // 2
+    return table.subset(np.sort(perm[:half] if portion == "first_half" else perm[half:]))
+
+
+def load_training_table(data: MoleculesData) -> MoleculeTable:
+    """The training molecules of a ``data:`` section."""
+    if data.source == "qm9":
+        table = edm_half(load_qm9_split("train"), data.portion)
+    else:
+        table = load_user_molecules(Path(data.path), data.source, tuple(data.elements), data.conformer_seed)
+    if data.max_molecules and data.max_molecules < len(table):
+        rows = np.random.RandomState(data.conformer_seed).permutation(len(table))[:data.max_molecules]
+        table = table.subset(np.sort(rows))
+    if len(table) == 0:
+        raise ValueError(f"no training molecules in data.source {data.source}")
+    return table
+
+
+def load_user_molecules(path: Path, source: str, elements: tuple[str, ...], seed: int) -> MoleculeTable:
+    """A user's SMILES file (RDKit ETKDG + MMFF conformers, cached) or SDF file as a table; molecules that cannot
+    be used are skipped and counted in the log."""
+    from sciffusion.domains.molecules.io import cached_conformers, read_sdf
+
+    if not path.is_file():
+        raise FileNotFoundError(f"data.path {path} does not exist")
+    if source == "smiles":
+        conformers, skipped = cached_conformers(path, cache_dir() / "conformers", seed, allowed_elements=elements)
+    else:
+        conformers, skipped = read_sdf(path, allowed_elements=elements)
+    if skipped:
+        log.info("%s: skipped %s", path, ", ".join(f"{count} ({reason})" for reason, count in sorted(skipped.items())))
+    if not conformers:
+        raise ValueError(f"{path}: no usable molecules ({sum(skipped.values())} skipped)")
+    sizes = np.array([c.n_atoms for c in conformers], dtype=np.int64)
+    return MoleculeTable(np.concatenate([c.positions for c in conformers]).astype(np.float32),
+                         np.concatenate([c.types(elements) for c in conformers]),
+                         np.concatenate([c.charges for c in conformers]).astype(np.int64),
+                         np.concatenate([[0], np.cumsum(sizes)]), {}, tuple(c.smiles for c in conformers),
+                         np.array([c.source_index for c in conformers], dtype=np.int64), elements)
+
+
+def training_reference_smiles(data: MoleculesData, table: MoleculeTable) -> set[str]:
+    """EDM's novelty reference: the SMILES of the training molecules rebuilt from their geometries with EDM's bond
+    rules (:func:`~sciffusion.domains.molecules.metrics.dataset_smiles`), cached per data section."""
+    from sciffusion.domains.molecules.metrics import dataset_smiles
+
+    key = f"{data.source}_{data.portion}_{data.max_molecules}_{data.conformer_seed}_{len(table)}"
+    path = cache_dir() / f"reference_smiles_{key}.txt" if data.source == "qm9" else None
+    if path is not None and path.is_file():
+        return set(path.read_text().split())
+    smiles = dataset_smiles([table.molecule(i) for i in range(len(table))], table.decoder)
+    if path is not None:
+        from sciffusion.train.checkpoint import write_text_atomic
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(path, "\n".join(sorted(smiles)) + "\n")
+    return smiles
+
+
+def describe_molecules(molecules: list["SampledMolecule"], elements: tuple[str, ...]) -> tuple[list[dict[str, Any]], list]:
+    """Per molecule a row (EDM's SMILES of the largest fragment or empty, valid, stable, stable-atom fraction,
+    atoms, fragments) and an RDKit Mol with the 3-D coordinates and EDM's bonds (for the SDF)."""
+    from sciffusion.domains.molecules.io import mol_from_arrays
+    from sciffusion.domains.molecules.metrics import bond_order_matrix, check_stability, molecule_smiles
+
+    rows, mols = [], []
+    for m in molecules:
+        smiles, fragments = molecule_smiles(m.positions, m.types, elements)
+        stable, stable_atoms, n_atoms = check_stability(m.positions, m.types, elements)
+        orders = bond_order_matrix(m.positions, m.types, elements, sort_pair_by_type=True)
+        pairs = np.argwhere(np.triu(orders) > 0)
+        mols.append(mol_from_arrays(m.positions, m.types, elements, charges=m.charges, bonds=pairs,
+                                    bond_orders=orders[pairs[:, 0], pairs[:, 1]] if len(pairs) else None))
+        rows.append({"smiles": smiles or "", "valid": smiles is not None, "stable": bool(stable),
+                     "stable_atom_fraction": stable_atoms / max(n_atoms, 1), "atoms": n_atoms,
+                     "fragments": fragments})
+    return rows, mols
+
+
+@dataclass(frozen=True)
+class TrainingMeta:
+    """What sampling needs of the training data: elements, atom-count histogram, property normalisation, and the
+    training SMILES (for novelty)."""
+
+    elements: tuple[str, ...]
+    size_histogram: tuple[int, ...]
+    norms: dict[str, PropertyNorm]
+    charges: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"elements": list(self.elements), "size_histogram": list(self.size_histogram),
+                "norms": {k: {"mean": v.mean, "mad": v.mad} for k, v in self.norms.items()}, "charges": self.charges}
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> "TrainingMeta":
+        return cls(tuple(raw["elements"]), tuple(int(c) for c in raw["size_histogram"]),
+                   {k: PropertyNorm(float(v["mean"]), float(v["mad"])) for k, v in raw["norms"].items()},
+                   bool(raw["charges"]))
+
+
+def node_fields(data: MoleculesData) -> list[str]:
+    return ["pos", "types", *(["charges"] if data.charges else [])]
+
+
+def check_processes(cfg: Config, processes: dict[str, Any]) -> None:
+    """The categorical fields must have as many classes as the data has elements / charge classes."""
+    expected = {"types": len(cfg.data.elements), "charges": len(CHARGES)}
+    for name, classes in expected.items():
+        process = processes.get(name)
+        if process is not None and getattr(process, "num_classes", None) != classes:
+            raise ConfigError(f"'processes.{name}' must be a categorical process with num_classes {classes}, got "
+                              f"{getattr(process, 'num_classes', type(process).__name__)}")
+    if not getattr(processes["pos"], "zero_com", False):
+        raise ConfigError("'processes.pos' must keep the centre of mass at zero: use name 'zero_com'")
+
+
+@dataclass
+class SampledMolecule:
+    """One generated molecule: positions ``(n, 3)`` Angstrom, type indices ``(n,)``, formal charges ``(n,)``."""
+
+    positions: np.ndarray
+    types: np.ndarray
+    charges: np.ndarray
+
+
+@torch.no_grad()
+def sample_molecules(model: DiffusionModel, sizes: torch.Tensor, solver: str | dict[str, str], steps: int,
+                     seed: int, batch_size: int, properties: torch.Tensor | None = None, guidance_scale: float = 1.0,
+                     gradient_guidance: tuple = ()) -> list[SampledMolecule]:
+    """Molecules with the given atom counts ``sizes`` ``(M,)``; ``properties`` ``(M, P)`` normalised conditions."""
+    device = next(model.parameters()).device
+    generator = torch.Generator().manual_seed(seed)
+    fields = list(model.processes)
+    out: list[SampledMolecule] = []
+    for start in range(0, len(sizes), batch_size):
+        chunk = sizes[start:start + batch_size]
+        index = ragged_from_sizes(chunk, device)
+        shapes = {"pos": (len(index), 3), **{name: (len(index),) for name in fields if name != "pos"}}
+        cond = None if properties is None else {"properties": properties[start:start + batch_size].to(device)}
+        x = model.sample(shapes, cond=cond, solver=solver, steps=steps, generator=generator,
+                         index={name: index for name in fields}, guidance_scale=guidance_scale,
+                         gradient_guidance=gradient_guidance)
+        offsets = np.concatenate([[0], np.cumsum(chunk.numpy())])
+        pos, types = x["pos"].double().cpu().numpy(), x["types"].cpu().numpy()
+        charges = (np.asarray(CHARGES)[x["charges"].cpu().numpy()] if "charges" in x else np.zeros_like(types))
+        for lo, hi in zip(offsets[:-1], offsets[1:]):
+            out.append(SampledMolecule(pos[lo:hi], types[lo:hi], charges[lo:hi]))
+    return out
+
+
+def molecules_output(out: str | None, run: Run, default: str) -> Path:
+    """``--out``: an ``.sdf`` file (its ``.png`` grid and ``.csv`` table are written beside it)."""
+    path = Path(out) if out else run.run_dir / default
+    return check_file(path, "--out", (".sdf",))
+
+
+@DOMAINS.register("molecules", help="3-D molecules: zero-CoM positions + categorical atom types (embedded default: QM9 "
+                                    "from qm9pack, EDM's split)")
+class MoleculesDomain(Domain):
+    name = "molecules"
+    data_config = MoleculesData
+    variable_size = True  # --length: atoms per molecule
+
+    def build_model(self, cfg: Config) -> DiffusionModel:
+        if cfg.net is None:
+            raise ConfigError("a molecules config needs a 'net' section (egnn or e3nn_tp)")
+        fields = node_fields(cfg.data)
+        processes, weights = cfg.build_processes(fields)
+        check_processes(cfg, processes)
+        categorical = {"types": len(cfg.data.elements), **({"charges": len(CHARGES)} if cfg.data.charges else {})}
+        net = cfg.net.build(categorical=categorical, num_properties=len(cfg.data.properties))
+        return diffusion_model_from_config(net, processes, cfg.loss, weights)
+
+    def setup(self, cfg: Config) -> TrainSetup:
+        data: MoleculesData = cfg.data
+        model = self.build_model(cfg)
+        table = load_training_table(data)
+        dataset = MoleculeDataset(table, data.charges, tuple(data.properties))
+        meta = TrainingMeta(tuple(data.elements), tuple(int(c) for c in size_histogram(table.sizes)), dataset.norms,
+                            data.charges)
+        run_dir = Path(cfg.run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(run_dir / META_FILE, {**meta.to_dict(), "train_smiles_count": len(table)})
+        log.info("molecules: %d training molecules (%s), %d atoms", len(table), data.source, int(table.sizes.sum()))
+
+        def node_budget(first_step: int, last_step: int, rank: int, world: int) -> NodeBudgetBatchSampler:
+            return NodeBudgetBatchSampler(dataset.sizes, data.max_nodes, cfg.seed, first_step, last_step, rank, world)
+
+        return TrainSetup(model=model, dataset=dataset, collate=dataset.collate(),
+                          batch_sampler=node_budget if data.max_nodes > 0 else None)
+
+    # -- commands ------------------------------------------------------------------------------------
+    def meta(self, run: Run) -> TrainingMeta:
+        path = run.run_dir / META_FILE
+        try:
+            return TrainingMeta.from_dict(json.loads(path.read_text()))
+        except FileNotFoundError:
+            raise ValueError(f"{path} is missing: the run's training-data summary (retrain, or copy it back)") from None
+        except (ValueError, KeyError, TypeError) as e:
+            raise ValueError(f"{path} is corrupted ({e})") from None
+
+    def draw(self, run: Run, args: argparse.Namespace, meta: TrainingMeta, n: int, seed: int) -> torch.Tensor:
+        """Atom counts: ``--length`` for every molecule, or draws from the training histogram."""
+        length = getattr(args, "length", None)
+        if length is not None:
+            if length >= len(meta.size_histogram) * 2:
+                log.warning("--length %d is far beyond the training molecules (at most %d atoms)", length,
+                            len(meta.size_histogram) - 1)
+            return torch.full((n,), int(length), dtype=torch.long)
+        return draw_sizes(np.asarray(meta.size_histogram), n, torch.Generator().manual_seed(seed + 1))
+
+    def sample(self, run: Run, args: argparse.Namespace) -> None:
+        """``--out mols.sdf`` (default ``RUN_DIR/samples/molecules.sdf``) with ``mols.png`` (2-D depictions of the
+        first 48) and ``mols.csv`` (SMILES, validity, stability per molecule) beside it."""
+        sc = run.sample_config(args)
+        out = molecules_output(getattr(args, "out", None), run, "samples/molecules.sdf")
+        meta = self.meta(run)
+        if run.config.data.properties:
+            raise ValueError("this run is property-conditioned: use `sciffusion design RUN_DIR --target NAME=VALUE`")
+        sizes = self.draw(run, args, meta, sc.n, sc.seed)
+        molecules = sample_molecules(run.model, sizes, sc.solver, sc.steps, sc.seed, sc.batch_size)
+        rows, mols = describe_molecules(molecules, meta.elements)
+        write_outputs(out, mols, rows)
+        valid = sum(r["valid"] for r in rows)
+        print(f"wrote {out} ({len(rows)} molecules, {valid} valid) and {out.with_suffix('.png').name}, "
+              f"{out.with_suffix('.csv').name}")
+
+    def evaluate(self, run: Run, args: argparse.Namespace) -> dict[str, Any]:
+        """EDM's metrics on ``--n`` samples (atom / molecule stability, validity, uniqueness, novelty against the
+        training SMILES) and distribution distances to the test split."""
+        from sciffusion.domains.molecules.metrics import distribution_distances, evaluate
+
+        sc = run.sample_config(args)
+        meta = self.meta(run)
+        data: MoleculesData = run.config.data
+        train = load_training_table(data)
+        sizes = self.draw(run, args, meta, sc.n, sc.seed)
+        molecules = sample_molecules(run.model, sizes, sc.solver, sc.steps, sc.seed, sc.batch_size)
+        generated = [(m.positions, m.types) for m in molecules]
+        metrics = evaluate(generated, meta.elements, training_reference_smiles(data, train))
+        metrics.pop("smiles", None)
+        if data.source == "qm9":
+            test = load_qm9_split("test")
+            reference = [test.molecule(i) for i in range(min(len(test), max(sc.n, 1000)))]
+            metrics["distances_to_test"] = distribution_distances(generated, reference, meta.elements)
+        return {"solver": sc.solver, "steps": sc.steps, "n_samples": len(molecules), **metrics}
+
+
+def write_outputs(out: Path, mols: list, rows: list[dict[str, Any]]) -> None:
+    """The SDF (with each row's values as tags), its PNG grid and its CSV table, published together."""
+    from sciffusion.domains.molecules.io import write_grid_png, write_sdf
+
+    if not rows:
+        raise OutputError("no molecules to write")
+    with publish_together([out, out.with_suffix(".png"), out.with_suffix(".csv")]) as (sdf, png, table):
+        write_sdf(sdf, mols, rows)
+        shown = [(m, str(r.get("smiles") or "invalid")) for m, r in zip(mols, rows)][:48]
+        write_grid_png(png, [m for m, _ in shown], [legend for _, legend in shown])
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+        table.write_text(buffer.getvalue())
