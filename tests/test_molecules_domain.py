@@ -179,3 +179,30 @@ def test_user_smiles_file_trains_and_skips_bad_lines(tmp_path: Path, caplog, mon
     assert len(list((tmp_path / "cache" / "conformers").glob("*.npz"))) == 1
     missing = _tiny_config(tmp_path / "b", source="smiles", path=str(tmp_path / "absent.smi"))
     assert main(["train", str(missing)]) == 2
+
+
+def test_design_on_a_conditional_run_scores_designs_with_the_oracle(tmp_path: Path, qm9, capsys) -> None:
+    pytest.importorskip("tblite.interface")
+    config = _tiny_config(tmp_path, properties=["gap"])
+    raw = yaml.safe_load(config.read_text())
+    raw["loss"] = {"cond_drop_prob": 0.2}
+    config.write_text(yaml.safe_dump(raw))
+    assert main(["train", str(config)]) == 0
+    run = tmp_path / "run"
+    out = tmp_path / "d" / "designs.sdf"
+    assert main(["design", str(run), "--target", "gap=6.5", "--n", "4", "--guidance-scale", "2", "--out", str(out)]) == 0
+    rows = out.with_suffix(".csv").read_text().splitlines()
+    header = rows[0].split(",")
+    for column in ("target_gap", "xtb_gap_eV", "xtb_dipole_D", "xtb_ok", "qed"):
+        assert column in header
+    assert len(rows) == 5 and all(r.split(",")[header.index("target_gap")] == "6.5" for r in rows[1:])
+    assert (tmp_path / "d" / "designs_targets.png").stat().st_size > 1000
+    for args, message in [(["--target", "gap=66"], "outside the sensible range"),
+                          (["--target", "qed=0.5"], "unknown target qed"),
+                          (["--target", "gap=6", "--out", str(tmp_path / "x.csv")], "unsupported file type")]:
+        capsys.readouterr()
+        assert main(["design", str(run), "--n", "2", *args]) == 2
+        assert message in capsys.readouterr().err
+    capsys.readouterr()
+    assert main(["sample", str(run), "--n", "2"]) == 2
+    assert "property-conditioned" in capsys.readouterr().err

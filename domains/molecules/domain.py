@@ -23,10 +23,17 @@ import torch
 from sciffusion.config import Config, ConfigError
 from sciffusion.domain import Domain, Run, TrainSetup
 from sciffusion.domains.molecules.dataset import CHARGES, MoleculeDataset, PropertyNorm, draw_sizes, size_histogram
-from sciffusion.domains.molecules.qm9 import PROPERTIES, QM9_DECODER, MoleculeTable, cache_dir, load_qm9_split
+from sciffusion.domains.molecules.qm9 import (
+    PROPERTIES,
+    PROPERTY_RANGES,
+    QM9_DECODER,
+    MoleculeTable,
+    cache_dir,
+    load_qm9_split,
+)
 from sciffusion.model import DiffusionModel, diffusion_model_from_config
 from sciffusion.outputs import OutputError, check_file, publish_together
-from sciffusion.registry import DOMAINS
+from sciffusion.registry import DOMAINS, DomainError
 from sciffusion.reps.graph import ragged_from_sizes
 from sciffusion.train.batches import NodeBudgetBatchSampler
 from sciffusion.train.checkpoint import write_json_atomic
@@ -322,6 +329,9 @@ class MoleculesDomain(Domain):
         sc = run.sample_config(args)
         meta = self.meta(run)
         data: MoleculesData = run.config.data
+        if data.properties:
+            raise ValueError("this run is property-conditioned: `evaluate` scores unconditional samples; use "
+                             "`sciffusion design RUN_DIR --target NAME=VALUE` (or benchmarks/molecules_conditional.py)")
         train = load_training_table(data)
         sizes = self.draw(run, args, meta, sc.n, sc.seed)
         molecules = sample_molecules(run.model, sizes, sc.solver, sc.steps, sc.seed, sc.batch_size)
@@ -334,14 +344,114 @@ class MoleculesDomain(Domain):
             metrics["distances_to_test"] = distribution_distances(generated, reference, meta.elements)
         return {"solver": sc.solver, "steps": sc.steps, "n_samples": len(molecules), **metrics}
 
+    def design(self, run: Run, args: argparse.Namespace, targets: dict[str, float]) -> None:
+        """``--target NAME=VALUE`` on a run conditioned on those properties (classifier-free guidance with
+        ``--guidance-scale``; 1 = the conditional model): ``--out designs.sdf`` with ``.csv`` / ``.png`` beside it,
+        each design scored by the physics oracle (GFN2-xTB gap and dipole, RDKit QED / logP / TPSA), and
+        ``designs_targets.png``, the oracle's value against the target."""
+        sc = run.sample_config(args)
+        data: MoleculesData = run.config.data
+        check_design_targets(targets, data.properties)
+        out = molecules_output(getattr(args, "out", None), run, "designs/designs.sdf")
+        meta = self.meta(run)
+        sizes = self.draw(run, args, meta, sc.n, sc.seed)
+        normalised = [meta.norms[name].normalise(targets[name]) for name in data.properties]
+        properties = torch.tensor(normalised, dtype=torch.float32).expand(sc.n, len(normalised)).contiguous()
+        molecules = sample_molecules(run.model, sizes, sc.solver, sc.steps, sc.seed, sc.batch_size,
+                                     properties=properties, guidance_scale=sc.guidance_scale)
+        rows, mols = describe_molecules(molecules, meta.elements)
+        score_with_oracles(molecules, rows, meta.elements, targets)
+        plot = out.with_name(f"{out.stem}_targets.png")
+        write_outputs(out, mols, rows, extra={plot: lambda path: plot_targets(path, rows, targets)})
+        summary = ", ".join(f"{name}: target {value:g}, oracle MAE {design_mae(rows, name, value):.3g}"
+                            for name, value in targets.items() if name in ORACLE_OF)
+        print(f"wrote {out} ({len(rows)} designs, {sum(r['valid'] for r in rows)} valid; {summary}) and "
+              f"{out.with_suffix('.csv').name}, {out.with_suffix('.png').name}, {plot.name}")
 
-def write_outputs(out: Path, mols: list, rows: list[dict[str, Any]]) -> None:
-    """The SDF (with each row's values as tags), its PNG grid and its CSV table, published together."""
+
+# property a conditional model learns -> the oracle that checks it on the generated geometry (xTB's gap is not the
+# DFT (B3LYP) gap of QM9: the MAE is between a DFT-unit target and a GFN2 value, and says so in its column name)
+ORACLE_OF = {"gap": "xtb_gap", "mu": "xtb_dipole"}
+
+
+def check_design_targets(targets: dict[str, float], conditioned: list[str]) -> None:
+    """Every target must be a property the run is conditioned on, inside its sensible range; and every
+    conditioning property needs a target."""
+    if not conditioned:
+        raise DomainError("this run is unconditional (data.properties is empty): train one with "
+                          "data.properties=[gap] (classifier-free guidance) to design toward a property")
+    unknown = sorted(set(targets) - set(conditioned))
+    if unknown:
+        raise DomainError(f"unknown target {', '.join(unknown)}: this run is conditioned on {', '.join(conditioned)}")
+    missing = sorted(set(conditioned) - set(targets))
+    if missing:
+        raise DomainError(f"give a --target for every conditioning property; missing {', '.join(missing)}")
+    for name, value in targets.items():
+        low, high = PROPERTY_RANGES[name]
+        if not low <= value <= high:
+            raise DomainError(f"--target {name}={value:g} is outside the sensible range [{low:g}, {high:g}] "
+                              f"{PROPERTIES[name][2]}")
+
+
+def score_with_oracles(molecules: list[SampledMolecule], rows: list[dict[str, Any]], elements: tuple[str, ...], targets: dict[str, float]) -> None:
+    """Add the oracles' values to each row: GFN2-xTB gap (eV) and dipole (D) on the generated geometry (NaN and the
+    reason where xTB fails), RDKit QED / logP / TPSA of the valid ones (of EDM's largest fragment), and each
+    target."""
+    from rdkit import Chem
+
+    from sciffusion.domains.molecules.oracle import rdkit_descriptors, xtb_batch
+
+    results = xtb_batch([(m.positions, m.types, m.charges) for m in molecules], elements)
+    for row, result in zip(rows, results):
+        row.update({f"target_{name}": value for name, value in targets.items()})
+        row.update({"xtb_gap_eV": result.gap, "xtb_dipole_D": result.dipole, "xtb_ok": result.ok,
+                    "xtb_failure": "" if result.ok else result.reason})
+        valid = Chem.MolFromSmiles(row["smiles"]) if row["valid"] else None  # EDM's valid (largest) fragment
+        descriptors = rdkit_descriptors(valid) if valid is not None else {}
+        for key in ("qed", "logp", "tpsa"):
+            row[key] = descriptors.get(key, float("nan"))
+
+
+def design_mae(rows: list[dict[str, Any]], name: str, target: float) -> float:
+    """Mean |oracle - target| over the valid designs the oracle scored (NaN if none)."""
+    column = {"xtb_gap": "xtb_gap_eV", "xtb_dipole": "xtb_dipole_D"}[ORACLE_OF[name]]
+    values = [r[column] for r in rows if r["valid"] and r["xtb_ok"]]
+    return float(np.mean(np.abs(np.asarray(values) - target))) if values else float("nan")
+
+
+def plot_targets(path: Path, rows: list[dict[str, Any]], targets: dict[str, float]) -> None:
+    """One panel per target with an oracle: the oracle's value of each valid design against the target."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [n for n in targets if n in ORACLE_OF]
+    fig, axes = plt.subplots(1, max(len(names), 1), figsize=(4 * max(len(names), 1), 3.5), squeeze=False)
+    for ax, name in zip(axes[0], names):
+        column = {"gap": "xtb_gap_eV", "mu": "xtb_dipole_D"}[name]
+        values = [r[column] for r in rows if r["valid"] and r["xtb_ok"]]
+        ax.hist(values, bins=30, color="#4477aa")
+        ax.axvline(targets[name], color="#cc3311", label=f"target {targets[name]:g}")
+        ax.set_xlabel(f"{column} (GFN2-xTB)")
+        ax.set_ylabel("valid designs")
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100, format="png")
+    plt.close(fig)
+
+
+def write_outputs(out: Path, mols: list, rows: list[dict[str, Any]], extra: dict[Path, Any] | None = None) -> None:
+    """The SDF (with each row's values as tags), its PNG grid, its CSV table and any ``extra`` files
+    (``{path: write(temporary_path)}``), published together."""
     from sciffusion.domains.molecules.io import write_grid_png, write_sdf
 
     if not rows:
         raise OutputError("no molecules to write")
-    with publish_together([out, out.with_suffix(".png"), out.with_suffix(".csv")]) as (sdf, png, table):
+    extra = extra or {}
+    with publish_together([out, out.with_suffix(".png"), out.with_suffix(".csv"), *extra]) as (sdf, png, table, *more):
+        for temp, write in zip(more, extra.values()):
+            write(temp)
         write_sdf(sdf, mols, rows)
         shown = [(m, str(r.get("smiles") or "invalid")) for m, r in zip(mols, rows)][:48]
         write_grid_png(png, [m for m, _ in shown], [legend for _, legend in shown])

@@ -44,6 +44,11 @@ PROPERTIES: dict[str, tuple[str, float, str]] = {
     "alpha": ("Polarizability_bohr3", 1.0, "Bohr^3"),
     "Cv": ("Heatcapacity_Cv_cal_mol_K", 1.0, "cal/(mol K)"),
 }
+# a design target outside this range (EDM's units) is refused: QM9 spans well inside it
+PROPERTY_RANGES: dict[str, tuple[float, float]] = {
+    "gap": (0.0, 30.0), "homo": (-30.0, 5.0), "lumo": (-15.0, 15.0), "mu": (0.0, 30.0), "alpha": (0.0, 500.0),
+    "Cv": (0.0, 200.0),
+}
 CSV_PARTS = ("qm9_part1.csv", "qm9_part2.csv", "qm9_part3.csv")
 CACHE_VERSION = 1
 _TRAILING_DOT = re.compile(r"(\d)\.(?=[,\]])")
