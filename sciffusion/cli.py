@@ -121,6 +121,9 @@ def build_parser(with_domains: bool = True) -> tuple[argparse.ArgumentParser, di
     p.add_argument("run_dir", help="run folder written by `sciffusion train`")
     p.add_argument("--target", action="append", default=[], metavar="NAME=VALUE", type=_target,
                    help="a target property value (repeat for several)")
+    p.add_argument("--regressor", metavar="RUN_DIR",
+                   help="a property model run (noise-aware regressor) that steers an unconditional run by gradient "
+                        "guidance (its strength: --guidance-scale); without it the run must be conditional (CFG)")
     _add_sampling_args(p)
     p.add_argument("--out", help="where to write the designs (default: RUN_DIR/designs)")
     p.set_defaults(func=_cmd_design)

@@ -39,7 +39,7 @@ Cond = dict[str, Tensor] | None
 Index = dict[str, Tensor]
 
 
-class _Processes(nn.Module):
+class ProcessTable(nn.Module):
     """The processes as a module, so that ``model.to(device)`` moves their tables (e.g. VP's schedule knots)."""
 
     def __init__(self, processes: dict[str, Process]) -> None:
@@ -52,6 +52,15 @@ class _Processes(nn.Module):
                 if isinstance(value, Tensor):
                     setattr(process, key, fn(value) if not torch.is_floating_point(value) else fn(value).to(value.dtype))
         return self
+
+
+def network_inputs(processes: dict[str, Process], x_t: State, t: Tensor, index: Index) -> tuple[State, Tensor]:
+    """What a network sees of a noisy state: each field's ``net_input`` and the time input ``(B,)`` of the first
+    field's process (the time process), in the inputs' floating dtype."""
+    inputs = {n: p.net_input(x_t[n], t, index.get(n)) for n, p in processes.items()}
+    floats = [v.dtype for v in inputs.values() if torch.is_floating_point(v)]
+    time_process = next(iter(processes.values()))
+    return inputs, time_process.time_input(t).to(floats[0] if floats else torch.float32)
 
 
 class DiffusionModel(nn.Module):
@@ -81,7 +90,7 @@ class DiffusionModel(nn.Module):
             if not isinstance(proc, Process):
                 raise TypeError(f"field '{name}': {type(proc).__name__} is not a Process")
         self.net = net
-        self._processes = _Processes(processes)
+        self._processes = ProcessTable(processes)
         self.loss_weighting = LossWeighting(weighting, float(min_snr_gamma))
         unknown = sorted(set(weights or {}) - set(processes))
         if unknown:
@@ -109,10 +118,7 @@ class DiffusionModel(nn.Module):
     def raw(self, x_t: State, t: Tensor, cond: Cond = None, index: Index | None = None) -> State:
         """The network's raw output per field for the noisy state ``x_t`` at times ``t`` (B,)."""
         index = index or {}
-        inputs = {n: p.net_input(x_t[n], t, index.get(n)) for n, p in self.processes.items()}
-        dtype = next(v for v in inputs.values() if torch.is_floating_point(v)).dtype if any(
-            torch.is_floating_point(v) for v in inputs.values()) else torch.float32
-        t_in = self.time_process.time_input(t).to(dtype)
+        inputs, t_in = network_inputs(self.processes, x_t, t, index)
         if index:
             return self.net(inputs, t_in, cond, index=index)
         return self.net(inputs, t_in, cond)

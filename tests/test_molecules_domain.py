@@ -206,3 +206,46 @@ def test_design_on_a_conditional_run_scores_designs_with_the_oracle(tmp_path: Pa
     capsys.readouterr()
     assert main(["sample", str(run), "--n", "2"]) == 2
     assert "property-conditioned" in capsys.readouterr().err
+
+
+def test_regressor_guided_design_on_an_unconditional_run(tmp_path: Path, qm9, capsys) -> None:
+    """A noise-aware property model trained by the core trainer (task.kind property) steers an unconditional
+    run through `design --regressor`; a clean classifier, a property run used as a generator, and a regressor
+    of other processes are refused in one line."""
+    pytest.importorskip("tblite.interface")
+    for sub in "grcu":
+        (tmp_path / sub).mkdir()
+    generator = _tiny_config(tmp_path / "g")
+    assert main(["train", str(generator)]) == 0
+    regressor = _tiny_config(tmp_path / "r", properties=["gap"])
+    raw = yaml.safe_load(regressor.read_text())
+    raw["task"] = {"kind": "property", "noisy": True}
+    regressor.write_text(yaml.safe_dump(raw))
+    assert main(["train", str(regressor)]) == 0
+    gen_run, reg_run = tmp_path / "g" / "run", tmp_path / "r" / "run"
+    out = tmp_path / "d" / "guided.sdf"
+    assert main(["design", str(gen_run), "--regressor", str(reg_run), "--target", "gap=6.0", "--n", "3",
+                 "--guidance-scale", "5", "--out", str(out)]) == 0
+    rows = out.with_suffix(".csv").read_text().splitlines()
+    assert len(rows) == 4 and "target_gap" in rows[0] and "xtb_gap_eV" in rows[0]
+    raw["task"]["noisy"] = False
+    raw["run_dir"] = str(tmp_path / "c" / "run")
+    (tmp_path / "c" / "cfg.yaml").write_text(yaml.safe_dump(raw))
+    assert main(["train", str(tmp_path / "c" / "cfg.yaml")]) == 0
+    raw["task"]["noisy"] = True
+    raw["processes"]["types"]["source"] = "uniform"
+    raw["run_dir"] = str(tmp_path / "u" / "run")
+    (tmp_path / "u" / "cfg.yaml").write_text(yaml.safe_dump(raw))
+    assert main(["train", str(tmp_path / "u" / "cfg.yaml")]) == 0
+    for args, message in [(["design", str(gen_run), "--regressor", str(tmp_path / "c" / "run"), "--target", "gap=6"],
+                           "not a noise-aware property model"),
+                          (["design", str(gen_run), "--regressor", str(tmp_path / "u" / "run"), "--target", "gap=6"],
+                           "other processes"),
+                          (["design", str(gen_run), "--regressor", str(reg_run), "--target", "mu=2"], "unknown target mu"),
+                          (["design", str(gen_run), "--target", "gap=6"], "--regressor RUN"),
+                          (["sample", str(reg_run), "--n", "2"], "is a property model")]:
+        capsys.readouterr()
+        assert main([*args, "--n", "2", "--out", str(tmp_path / "x" / "m.sdf")]) == 2
+        err = capsys.readouterr().err.strip()
+        assert message in err and "\n" not in err, err
+    assert not (tmp_path / "x").exists()

@@ -31,6 +31,7 @@ from sciffusion.domains.molecules.qm9 import (
     cache_dir,
     load_qm9_split,
 )
+from sciffusion.domains.molecules.property_models import PropertyModel
 from sciffusion.model import DiffusionModel, diffusion_model_from_config
 from sciffusion.outputs import OutputError, check_file, publish_together
 from sciffusion.registry import DOMAINS, DomainError
@@ -88,11 +89,24 @@ class MoleculesData:
             raise ConfigError("'data.portion' is EDM's QM9 halves; it needs data.source qm9")
 
 
+@dataclass
+class MoleculesTask:
+    """``task:`` section. ``kind: generate`` (default) trains a generator; ``kind: property`` trains a property
+    model of ``data.properties`` (:class:`~sciffusion.domains.molecules.property_models.PropertyModel`, the
+    ``egnn`` net as its backbone): with ``noisy: false`` on clean molecules (EDM's classifier of the conditional
+    protocol), with ``noisy: true`` on molecules corrupted by the config's ``processes`` (a regressor for
+    ``sciffusion design GENERATOR_RUN --regressor THIS_RUN``; the generator must use the same processes)."""
+
+    kind: Literal["generate", "property"] = "generate"
+    noisy: bool = True
+
+
 def edm_half(table: MoleculeTable, portion: str) -> MoleculeTable:
     """EDM's halves of the training split for the conditional protocol (``qm9_first_half`` / ``qm9_second_half``):
     a fixed permutation (``np.random.seed(42)``) of the training molecules, split in the middle."""
     if portion == "all":
         return table
+    # EDM's qm9/data/utils.py: np.random.seed(42); permutation of its train.npz rows (ascending molecule ids, as ours)
     perm = np.random.RandomState(42).permutation(len(table))
     half = len(table) // 2
     return table.subset(np.sort(perm[:half] if portion == "first_half" else perm[half:]))
@@ -110,6 +124,13 @@ def load_training_table(data: MoleculesData) -> MoleculeTable:
     if len(table) == 0:
         raise ValueError(f"no training molecules in data.source {data.source}")
     return table
+
+
+def property_norms(data: MoleculesData, table: MoleculeTable) -> dict[str, PropertyNorm]:
+    """Mean and mean absolute deviation of each conditioning property: of the training molecules, or, on EDM's
+    halves, of the validation split (EDM's ``compute_mean_mad`` for ``qm9_*_half``, generator and classifier)."""
+    source = load_qm9_split("valid") if data.source == "qm9" and data.portion != "all" else table
+    return {name: PropertyNorm.of(source.properties[name]) for name in data.properties}
 
 
 def load_user_molecules(path: Path, source: str, elements: tuple[str, ...], seed: int) -> MoleculeTable:
@@ -255,6 +276,7 @@ def molecules_output(out: str | None, run: Run, default: str) -> Path:
 class MoleculesDomain(Domain):
     name = "molecules"
     data_config = MoleculesData
+    extra_sections = {"task": MoleculesTask}
     variable_size = True  # --length: atoms per molecule
 
     def build_model(self, cfg: Config) -> DiffusionModel:
@@ -264,6 +286,17 @@ class MoleculesDomain(Domain):
         processes, weights = cfg.build_processes(fields)
         check_processes(cfg, processes)
         categorical = {"types": len(cfg.data.elements), **({"charges": len(CHARGES)} if cfg.data.charges else {})}
+        task: MoleculesTask = cfg.section("task")
+        if task.kind == "property":
+            from sciffusion.domains.molecules.property_models import PropertyRegressor
+
+            if not cfg.data.properties:
+                raise ConfigError("task.kind 'property' needs the properties to learn: data.properties=[gap, ...]")
+            if cfg.net.name != "egnn":
+                raise ConfigError(f"task.kind 'property' uses the egnn network as its backbone, got '{cfg.net.name}'")
+            regressor = PropertyRegressor(cfg.net.build(categorical=categorical, num_properties=0),
+                                          len(cfg.data.properties))
+            return PropertyModel(regressor, processes, tuple(cfg.data.properties), task.noisy)
         net = cfg.net.build(categorical=categorical, num_properties=len(cfg.data.properties))
         return diffusion_model_from_config(net, processes, cfg.loss, weights)
 
@@ -271,7 +304,7 @@ class MoleculesDomain(Domain):
         data: MoleculesData = cfg.data
         model = self.build_model(cfg)
         table = load_training_table(data)
-        dataset = MoleculeDataset(table, data.charges, tuple(data.properties))
+        dataset = MoleculeDataset(table, data.charges, tuple(data.properties), norms=property_norms(data, table))
         meta = TrainingMeta(tuple(data.elements), tuple(int(c) for c in size_histogram(table.sizes)), dataset.norms,
                             data.charges)
         run_dir = Path(cfg.run_dir)
@@ -286,6 +319,12 @@ class MoleculesDomain(Domain):
                           batch_sampler=node_budget if data.max_nodes > 0 else None)
 
     # -- commands ------------------------------------------------------------------------------------
+    @staticmethod
+    def check_generator(run: Run) -> None:
+        if isinstance(run.model, PropertyModel):
+            raise ValueError(f"{run.run_dir} is a property model (task.kind property), not a generator: use it as "
+                             f"`sciffusion design GENERATOR_RUN --regressor {run.run_dir} --target NAME=VALUE`")
+
     def meta(self, run: Run) -> TrainingMeta:
         path = run.run_dir / META_FILE
         try:
@@ -308,6 +347,7 @@ class MoleculesDomain(Domain):
     def sample(self, run: Run, args: argparse.Namespace) -> None:
         """``--out mols.sdf`` (default ``RUN_DIR/samples/molecules.sdf``) with ``mols.png`` (2-D depictions of the
         first 48) and ``mols.csv`` (SMILES, validity, stability per molecule) beside it."""
+        self.check_generator(run)
         sc = run.sample_config(args)
         out = molecules_output(getattr(args, "out", None), run, "samples/molecules.sdf")
         meta = self.meta(run)
@@ -326,6 +366,7 @@ class MoleculesDomain(Domain):
         training SMILES) and distribution distances to the test split."""
         from sciffusion.domains.molecules.metrics import distribution_distances, evaluate
 
+        self.check_generator(run)
         sc = run.sample_config(args)
         meta = self.meta(run)
         data: MoleculesData = run.config.data
@@ -349,16 +390,24 @@ class MoleculesDomain(Domain):
         ``--guidance-scale``; 1 = the conditional model): ``--out designs.sdf`` with ``.csv`` / ``.png`` beside it,
         each design scored by the physics oracle (GFN2-xTB gap and dipole, RDKit QED / logP / TPSA), and
         ``designs_targets.png``, the oracle's value against the target."""
+        self.check_generator(run)
         sc = run.sample_config(args)
         data: MoleculesData = run.config.data
-        check_design_targets(targets, data.properties)
+        regressor_dir = getattr(args, "regressor", None)
         out = molecules_output(getattr(args, "out", None), run, "designs/designs.sdf")
         meta = self.meta(run)
-        sizes = self.draw(run, args, meta, sc.n, sc.seed)
-        normalised = [meta.norms[name].normalise(targets[name]) for name in data.properties]
-        properties = torch.tensor(normalised, dtype=torch.float32).expand(sc.n, len(normalised)).contiguous()
-        molecules = sample_molecules(run.model, sizes, sc.solver, sc.steps, sc.seed, sc.batch_size,
-                                     properties=properties, guidance_scale=sc.guidance_scale)
+        if regressor_dir is None:  # classifier-free guidance on a conditional run
+            check_design_targets(targets, data.properties, require_all=True)
+            sizes = self.draw(run, args, meta, sc.n, sc.seed)
+            normalised = [meta.norms[name].normalise(targets[name]) for name in data.properties]
+            properties = torch.tensor(normalised, dtype=torch.float32).expand(sc.n, len(normalised)).contiguous()
+            molecules = sample_molecules(run.model, sizes, sc.solver, sc.steps, sc.seed, sc.batch_size,
+                                         properties=properties, guidance_scale=sc.guidance_scale)
+        else:  # gradient guidance of an unconditional run by a noise-aware regressor
+            guide = self.regressor_guide(run, regressor_dir, targets, sc.guidance_scale)
+            sizes = self.draw(run, args, meta, sc.n, sc.seed)
+            molecules = sample_molecules(run.model, sizes, sc.solver, sc.steps, sc.seed, sc.batch_size,
+                                         gradient_guidance=(guide,))
         rows, mols = describe_molecules(molecules, meta.elements)
         score_with_oracles(molecules, rows, meta.elements, targets)
         plot = out.with_name(f"{out.stem}_targets.png")
@@ -369,22 +418,43 @@ class MoleculesDomain(Domain):
               f"{out.with_suffix('.csv').name}, {out.with_suffix('.png').name}, {plot.name}")
 
 
+    def regressor_guide(self, run: Run, regressor_dir: str, targets: dict[str, float], scale: float) -> Any:
+        """The gradient guidance of ``--regressor RUN``: a noisy property model trained with this run's processes."""
+        from sciffusion.domain import load_run
+        from sciffusion.domains.molecules.property_models import regressor_guidance
+
+        if run.config.data.properties:
+            raise DomainError("--regressor guides an unconditional run; this one is conditioned on "
+                              f"{', '.join(run.config.data.properties)} (design it without --regressor)")
+        reg = load_run(regressor_dir, device=run.device)
+        if not isinstance(reg.model, PropertyModel) or not reg.model.noisy:
+            raise DomainError(f"--regressor {regressor_dir}: not a noise-aware property model (train one with "
+                              "task.kind=property task.noisy=true)")
+        if reg.config.to_dict().get("processes") != run.config.to_dict().get("processes"):
+            raise DomainError(f"--regressor {regressor_dir} was trained with other processes than {run.run_dir}; "
+                              "its noisy inputs would not match the sampler's")
+        check_design_targets(targets, list(reg.model.properties), require_all=False)
+        norms = self.meta(reg).norms
+        return regressor_guidance(reg.model, {k: norms[k].normalise(v) for k, v in targets.items()}, scale)
+
+
 # property a conditional model learns -> the oracle that checks it on the generated geometry (xTB's gap is not the
 # DFT (B3LYP) gap of QM9: the MAE is between a DFT-unit target and a GFN2 value, and says so in its column name)
 ORACLE_OF = {"gap": "xtb_gap", "mu": "xtb_dipole"}
 
 
-def check_design_targets(targets: dict[str, float], conditioned: list[str]) -> None:
-    """Every target must be a property the run is conditioned on, inside its sensible range; and every
-    conditioning property needs a target."""
+def check_design_targets(targets: dict[str, float], conditioned: list[str], require_all: bool) -> None:
+    """Every target must be a property the run is conditioned on (or the regressor predicts), inside its
+    sensible range; with ``require_all`` every conditioning property needs a target."""
     if not conditioned:
         raise DomainError("this run is unconditional (data.properties is empty): train one with "
-                          "data.properties=[gap] (classifier-free guidance) to design toward a property")
+                          "data.properties=[gap] (classifier-free guidance), or guide it with --regressor RUN "
+                          "(a property model trained with task.kind=property)")
     unknown = sorted(set(targets) - set(conditioned))
     if unknown:
         raise DomainError(f"unknown target {', '.join(unknown)}: this run is conditioned on {', '.join(conditioned)}")
     missing = sorted(set(conditioned) - set(targets))
-    if missing:
+    if require_all and missing:
         raise DomainError(f"give a --target for every conditioning property; missing {', '.join(missing)}")
     for name, value in targets.items():
         low, high = PROPERTY_RANGES[name]

@@ -334,8 +334,10 @@ class EGNN(_MoleculeNet):
                              normalization_factor, self.sin_embedding) for _ in range(n_layers))
         self.embedding_out = nn.Linear(hidden, max(self.num_logits, 1))
 
-    def forward(self, x: dict[str, Tensor], t: Tensor, cond: dict[str, Tensor] | None = None,
-                index: dict[str, Tensor] | None = None) -> dict[str, Tensor]:
+    def encode(self, x: dict[str, Tensor], t: Tensor, cond: dict[str, Tensor] | None = None,
+               index: dict[str, Tensor] | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor, int]:
+        """The blocks' final invariant features ``h (N, hidden)`` and coordinates ``(N, 3)``, with the input
+        positions ``(N, 3)``, each atom's molecule ``(N,)`` and the number of molecules ``B``."""
         pos, idx, feats, batch = self._inputs(x, t, cond, index)
         edges = fully_connected_edges(idx, batch)
         row, col = edges
@@ -344,6 +346,11 @@ class EGNN(_MoleculeNet):
         h, coords = self.embedding(feats), pos
         for block in self.blocks:
             h, coords = block(h, coords, edges, initial_attr)
+        return h, coords, pos, idx, batch
+
+    def forward(self, x: dict[str, Tensor], t: Tensor, cond: dict[str, Tensor] | None = None,
+                index: dict[str, Tensor] | None = None) -> dict[str, Tensor]:
+        h, coords, pos, idx, batch = self.encode(x, t, cond, index)
         return self._outputs(coords - pos, self.embedding_out(h)[:, :self.num_logits], idx, batch)
 
 
