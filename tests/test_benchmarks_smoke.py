@@ -23,6 +23,7 @@ BARS = {
                           "success_guided", "success_medium", "score_ratio_vs_diffuser_medium", "success_large",
                           "score_ratio_vs_diffuser_large"],
     "control_pusht": ["mean_coverage"],
+    "molecules_conditional": ["gap_mae_ratio_vs_atoms_baseline"],
     "imputation_pm25": ["mae_ratio_vs_pypots_csdi", "crps_ratio_vs_pypots_csdi", "fast_solver_crps_ratio_vs_ancestral50",
                         "fast_solver_speedup_vs_ancestral50", "coverage90_min", "coverage90_max", "peak_rss_gb"],
 }
@@ -71,3 +72,15 @@ def test_imputation_pm25_smoke(tmp_path: Path) -> None:
                   "--large-per-month", "1", "--timing-rounds", "1", "--work", str(tmp_path / "work"),
                   *(["--pypots-path", pypots_path] if pypots_path else []))
     check_bars("imputation_pm25", tmp_path)
+
+
+def test_molecules_conditional_smoke(tmp_path: Path) -> None:
+    pytest.importorskip("rdkit")
+    pytest.importorskip("torch_geometric")
+    run_benchmark("molecules_conditional", tmp_path, "--smoke", "--work", str(tmp_path / "work"))
+    check_bars("molecules_conditional", tmp_path)
+    results = json.loads((tmp_path / "molecules_conditional.json").read_text())["results"]
+    for prop in ("gap", "mu"):
+        r = results[prop]
+        assert r["n_samples"] == 8 and r["n_data_molecules"] == 50
+        assert 0 < r["L_bound"] and 0 < r["atoms_baseline"] and set(r["conditional"]) == {"cfg_1", "cfg_2"}
