@@ -389,7 +389,9 @@ class MoleculesDomain(Domain):
         """``--target NAME=VALUE`` on a run conditioned on those properties (classifier-free guidance with
         ``--guidance-scale``; 1 = the conditional model): ``--out designs.sdf`` with ``.csv`` / ``.png`` beside it,
         each design scored by the physics oracle (GFN2-xTB gap and dipole, RDKit QED / logP / TPSA), and
-        ``designs_targets.png``, the oracle's value against the target."""
+        ``designs_targets.png``, the oracle's value against the target. With ``--regressor RUN`` (a noise-aware
+        property model trained with this run's processes) an unconditional run is steered by gradient guidance
+        instead, of strength ``--guidance-scale``."""
         self.check_generator(run)
         sc = run.sample_config(args)
         data: MoleculesData = run.config.data
@@ -405,7 +407,7 @@ class MoleculesDomain(Domain):
                                          properties=properties, guidance_scale=sc.guidance_scale)
         else:  # gradient guidance of an unconditional run by a noise-aware regressor
             guide = self.regressor_guide(run, regressor_dir, targets, sc.guidance_scale)
-            sizes = self.draw(run, args, meta, sc.n, sc.seed)
+            sizes = self.draw(run, args, meta, sc.n, sc.seed)  # after the checks: a refused design draws nothing
             molecules = sample_molecules(run.model, sizes, sc.solver, sc.steps, sc.seed, sc.batch_size,
                                          gradient_guidance=(guide,))
         rows, mols = describe_molecules(molecules, meta.elements)
