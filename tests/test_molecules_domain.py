@@ -249,3 +249,25 @@ def test_regressor_guided_design_on_an_unconditional_run(tmp_path: Path, qm9, ca
         err = capsys.readouterr().err.strip()
         assert message in err and "\n" not in err, err
     assert not (tmp_path / "x").exists()
+
+
+def test_xtb_labels_are_qm9_properties(tmp_path: Path, qm9, monkeypatch) -> None:
+    """`data.properties: [xtb_gap]` trains on GFN2-xTB gaps of the DFT geometries (cached), in the oracle's unit;
+    design targets for it are checked against the oracle's range."""
+    pytest.importorskip("tblite.interface")
+    from sciffusion.domains.molecules.domain import MoleculesData, check_design_targets, load_training_table
+    from sciffusion.domains.molecules.oracle import xtb_properties
+    from sciffusion.registry import DomainError
+
+    monkeypatch.setenv("SCIFFUSION_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr("sciffusion.domains.molecules.qm9.load_qm9", lambda: qm9)  # the module's parsed table
+    data = MoleculesData(max_molecules=40, properties=["xtb_gap"])
+    table = load_training_table(data)
+    assert 38 <= len(table) <= 40 and np.isfinite(table.properties["xtb_gap"]).all()
+    assert table.properties["xtb_gap"][0] == pytest.approx(xtb_properties(*table.molecule(0)).gap, abs=1e-9)
+    assert (tmp_path / "cache" / "qm9_xtb_labels.npz").is_file()
+    check_design_targets({"xtb_gap": 5.0}, ["xtb_gap"], require_all=True)
+    with pytest.raises(DomainError, match="outside the sensible range"):
+        check_design_targets({"xtb_gap": 50.0}, ["xtb_gap"], require_all=True)
+    with pytest.raises(ConfigError, match="GFN2-xTB labels: xtb_gap"):
+        MoleculesData(properties=["xtb_energy_gap"])

@@ -230,3 +230,24 @@ def test_check_target() -> None:
 def test_qm9_decoder() -> None:
     assert QM9_DECODER == ("H", "C", "N", "O", "F")
     assert atomic_numbers([0, 1, 2, 3, 4]).tolist() == [1, 6, 7, 8, 9]
+
+
+def test_cached_xtb_labels_compute_once_and_mark_failures(tmp_path, monkeypatch) -> None:
+    """Labels equal the oracle's values on each geometry, a failing geometry is NaN, and a second call (with one
+    new id) computes only the new molecule."""
+    from sciffusion.domains.molecules.oracle import cached_xtb_labels
+
+    w, m = water(), methane()
+    broken = (np.zeros((2, 3)), np.array([0, 0]))  # two H atoms on top of each other
+    path = tmp_path / "labels.npz"
+    labels = cached_xtb_labels(np.array([5, 7, 9]), [w, broken, m], path)
+    direct = xtb_properties(*w)
+    assert labels["xtb_gap"][0] == pytest.approx(direct.gap, abs=1e-9)
+    assert labels["xtb_dipole"][0] == pytest.approx(direct.dipole, abs=1e-9)
+    assert math.isnan(labels["xtb_gap"][1]) and math.isfinite(labels["xtb_gap"][2])
+    calls = []
+    real = oracle.xtb_batch
+    monkeypatch.setattr(oracle, "xtb_batch", lambda mols, *a, **k: calls.append(len(mols)) or real(mols, *a, **k))
+    again = cached_xtb_labels(np.array([9, 5, 11]), [m, w, w], path)
+    assert calls == [1]  # only id 11 was new
+    np.testing.assert_allclose(again["xtb_gap"], [labels["xtb_gap"][2], labels["xtb_gap"][0], labels["xtb_gap"][0]])

@@ -13,7 +13,7 @@ import csv
 import io
 import json
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -31,6 +31,8 @@ from sciffusion.domains.molecules.qm9 import (
     cache_dir,
     load_qm9_split,
 )
+from sciffusion.domains.molecules.oracle import LABELS as ORACLE_LABELS
+from sciffusion.domains.molecules.oracle import ORACLES
 from sciffusion.domains.molecules.property_models import PropertyModel
 from sciffusion.model import DiffusionModel, diffusion_model_from_config
 from sciffusion.outputs import OutputError, check_file, publish_together
@@ -80,9 +82,10 @@ class MoleculesData:
         if self.source == "qm9":
             if self.elements != list(QM9_DECODER):
                 raise ConfigError(f"'data.elements' for QM9 must be {list(QM9_DECODER)} (EDM's order)")
-            unknown = sorted(set(self.properties) - set(PROPERTIES))
+            unknown = sorted(set(self.properties) - set(PROPERTIES) - set(ORACLE_LABELS))
             if unknown:
-                raise ConfigError(f"'data.properties': unknown {', '.join(unknown)} (QM9 has {', '.join(PROPERTIES)})")
+                raise ConfigError(f"'data.properties': unknown {', '.join(unknown)} (QM9 has {', '.join(PROPERTIES)}; "
+                                  f"GFN2-xTB labels: {', '.join(ORACLE_LABELS)})")
         elif self.properties:
             raise ConfigError("'data.properties' needs data.source qm9 (user files carry no property columns)")
         if self.portion != "all" and self.source != "qm9":
@@ -121,16 +124,35 @@ def load_training_table(data: MoleculesData) -> MoleculeTable:
     if data.max_molecules and data.max_molecules < len(table):
         rows = np.random.RandomState(data.conformer_seed).permutation(len(table))[:data.max_molecules]
         table = table.subset(np.sort(rows))
+    if set(data.properties) & set(ORACLE_LABELS):
+        table = with_oracle_labels(table, [name for name in data.properties if name in ORACLE_LABELS])
     if len(table) == 0:
         raise ValueError(f"no training molecules in data.source {data.source}")
     return table
 
 
+def with_oracle_labels(table: MoleculeTable, names: list[str]) -> MoleculeTable:
+    """``table`` with the GFN2-xTB labels of its molecules on their DFT geometries as properties (computed once,
+    cached); molecules on which xTB fails for one of ``names`` are dropped (counted in the log)."""
+    from sciffusion.domains.molecules.oracle import cached_xtb_labels
+
+    labels = cached_xtb_labels(table.ids, [table.molecule(i) for i in range(len(table))],
+                               cache_dir() / "qm9_xtb_labels.npz", table.decoder)
+    table = replace(table, properties={**table.properties, **labels})
+    ok = np.all([np.isfinite(labels[name]) for name in names], axis=0)
+    if not ok.all():
+        log.info("GFN2-xTB labels: %d of %d molecules dropped (xTB failed on them)", int((~ok).sum()), len(table))
+    return table.subset(np.flatnonzero(ok))
+
+
 def property_norms(data: MoleculesData, table: MoleculeTable) -> dict[str, PropertyNorm]:
     """Mean and mean absolute deviation of each conditioning property: of the training molecules, or, on EDM's
-    halves, of the validation split (EDM's ``compute_mean_mad`` for ``qm9_*_half``, generator and classifier)."""
-    source = load_qm9_split("valid") if data.source == "qm9" and data.portion != "all" else table
-    return {name: PropertyNorm.of(source.properties[name]) for name in data.properties}
+    halves, of the validation split (EDM's ``compute_mean_mad`` for ``qm9_*_half``, generator and classifier; the
+    xTB labels are not part of that protocol and use the training molecules)."""
+    edm = data.source == "qm9" and data.portion != "all"
+    valid = load_qm9_split("valid") if edm and set(data.properties) & set(PROPERTIES) else None
+    return {name: PropertyNorm.of((valid if valid is not None and name in PROPERTIES else table).properties[name])
+            for name in data.properties}
 
 
 def load_user_molecules(path: Path, source: str, elements: tuple[str, ...], seed: int) -> MoleculeTable:
@@ -415,7 +437,7 @@ class MoleculesDomain(Domain):
         plot = out.with_name(f"{out.stem}_targets.png")
         write_outputs(out, mols, rows, extra={plot: lambda path: plot_targets(path, rows, targets)})
         summary = ", ".join(f"{name}: target {value:g}, oracle MAE {design_mae(rows, name, value):.3g}"
-                            for name, value in targets.items() if name in ORACLE_OF)
+                            for name, value in targets.items() if name in ORACLE_COLUMN)
         print(f"wrote {out} ({len(rows)} designs, {sum(r['valid'] for r in rows)} valid; {summary}) and "
               f"{out.with_suffix('.csv').name}, {out.with_suffix('.png').name}, {plot.name}")
 
@@ -440,9 +462,18 @@ class MoleculesDomain(Domain):
         return regressor_guidance(reg.model, {k: norms[k].normalise(v) for k, v in targets.items()}, scale)
 
 
-# property a conditional model learns -> the oracle that checks it on the generated geometry (xTB's gap is not the
-# DFT (B3LYP) gap of QM9: the MAE is between a DFT-unit target and a GFN2 value, and says so in its column name)
-ORACLE_OF = {"gap": "xtb_gap", "mu": "xtb_dipole"}
+# property a model learns -> the design table's column of the oracle that checks it on the generated geometry (xTB's
+# gap is not the DFT (B3LYP) gap of QM9: for `gap` the MAE is between a DFT-unit target and a GFN2 value; the
+# xtb_* labels are the oracle's own quantity)
+ORACLE_COLUMN = {"gap": "xtb_gap_eV", "mu": "xtb_dipole_D", "xtb_gap": "xtb_gap_eV", "xtb_dipole": "xtb_dipole_D"}
+
+
+def target_range(name: str) -> tuple[float, float, str]:
+    """The sensible range and unit of a design target."""
+    if name in ORACLES:
+        return ORACLES[name].low, ORACLES[name].high, ORACLES[name].unit
+    low, high = PROPERTY_RANGES[name]
+    return low, high, PROPERTIES[name][2]
 
 
 def check_design_targets(targets: dict[str, float], conditioned: list[str], require_all: bool) -> None:
@@ -459,10 +490,9 @@ def check_design_targets(targets: dict[str, float], conditioned: list[str], requ
     if require_all and missing:
         raise DomainError(f"give a --target for every conditioning property; missing {', '.join(missing)}")
     for name, value in targets.items():
-        low, high = PROPERTY_RANGES[name]
+        low, high, unit = target_range(name)
         if not low <= value <= high:
-            raise DomainError(f"--target {name}={value:g} is outside the sensible range [{low:g}, {high:g}] "
-                              f"{PROPERTIES[name][2]}")
+            raise DomainError(f"--target {name}={value:g} is outside the sensible range [{low:g}, {high:g}] {unit}")
 
 
 def score_with_oracles(molecules: list[SampledMolecule], rows: list[dict[str, Any]], elements: tuple[str, ...], targets: dict[str, float]) -> None:
@@ -486,7 +516,7 @@ def score_with_oracles(molecules: list[SampledMolecule], rows: list[dict[str, An
 
 def design_mae(rows: list[dict[str, Any]], name: str, target: float) -> float:
     """Mean |oracle - target| over the valid designs the oracle scored (NaN if none)."""
-    column = {"xtb_gap": "xtb_gap_eV", "xtb_dipole": "xtb_dipole_D"}[ORACLE_OF[name]]
+    column = ORACLE_COLUMN[name]
     values = [r[column] for r in rows if r["valid"] and r["xtb_ok"]]
     return float(np.mean(np.abs(np.asarray(values) - target))) if values else float("nan")
 
@@ -498,10 +528,10 @@ def plot_targets(path: Path, rows: list[dict[str, Any]], targets: dict[str, floa
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = [n for n in targets if n in ORACLE_OF]
+    names = [n for n in targets if n in ORACLE_COLUMN]
     fig, axes = plt.subplots(1, max(len(names), 1), figsize=(4 * max(len(names), 1), 3.5), squeeze=False)
     for ax, name in zip(axes[0], names):
-        column = {"gap": "xtb_gap_eV", "mu": "xtb_dipole_D"}[name]
+        column = ORACLE_COLUMN[name]
         values = [r[column] for r in rows if r["valid"] and r["xtb_ok"]]
         ax.hist(values, bins=30, color="#4477aa")
         ax.axvline(targets[name], color="#cc3311", label=f"target {targets[name]:g}")

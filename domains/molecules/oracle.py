@@ -26,6 +26,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -372,3 +373,35 @@ def check_target(name: str, value: float) -> float:
         raise ValueError(f"target {name}={value!r}{unit} is outside its sensible range "
                          f"[{prop.low:g}, {prop.high:g}]{unit}")
     return number
+
+
+# ------------------------------------------------------------------------------------------- oracle labels
+LABELS = ("xtb_gap", "xtb_dipole")  # properties the oracle gives every training molecule on its own geometry
+
+
+def cached_xtb_labels(ids: np.ndarray, molecules: Sequence[tuple[np.ndarray, np.ndarray]], path: Path,
+                      decoder: Sequence[str] = QM9_DECODER, workers: int = 0) -> dict[str, np.ndarray]:
+    """GFN2-xTB gap (eV) and dipole (D) of each molecule ``(positions, types)`` on its given geometry, NaN where
+    xTB fails: ``{"xtb_gap": (M,), "xtb_dipole": (M,)}`` in the order of ``ids`` ``(M,)``. Computed once per id and
+    kept in ``path`` (an ``.npz`` of ``ids``, ``xtb_gap``, ``xtb_dipole``; written atomically, extended when new
+    ids are asked for)."""
+    from sciffusion.train.checkpoint import atomic_path
+
+    ids = np.asarray(ids, dtype=np.int64)
+    known: dict[int, tuple[float, float]] = {}
+    if path.is_file():
+        with np.load(path) as f:
+            known = {int(i): (float(g), float(d)) for i, g, d in zip(f["ids"], f["xtb_gap"], f["xtb_dipole"])}
+    todo = [k for k, i in enumerate(ids) if int(i) not in known]
+    if todo:
+        log.info("GFN2-xTB labels: %d molecules to compute (%d cached)", len(todo), len(ids) - len(todo))
+        results = xtb_batch([(*molecules[k], np.zeros(len(molecules[k][1]), dtype=np.int64)) for k in todo], decoder,
+                            workers=workers)
+        for k, r in zip(todo, results):
+            known[int(ids[k])] = (r.gap, r.dipole) if r.ok else (math.nan, math.nan)
+        order = sorted(known)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:
+            np.savez(f, ids=np.array(order, dtype=np.int64), xtb_gap=np.array([known[i][0] for i in order]),
+                     xtb_dipole=np.array([known[i][1] for i in order]))
+    return {"xtb_gap": np.array([known[int(i)][0] for i in ids]), "xtb_dipole": np.array([known[int(i)][1] for i in ids])}
