@@ -24,7 +24,7 @@ BARS = {
                           "score_ratio_vs_diffuser_large"],
     "control_pusht": ["mean_coverage"],
     "molecules_conditional": ["gap_mae_ratio_vs_atoms_baseline"],
-    "molecules_guided": ["gap_mae_ratio_vs_naive", "validity_drop_points"],
+    "molecules_guided": ["gap_mae_ratio_vs_naive", "logp_mae_ratio_vs_naive", "validity_drop_points"],
     "imputation_pm25": ["mae_ratio_vs_pypots_csdi", "crps_ratio_vs_pypots_csdi", "fast_solver_crps_ratio_vs_ancestral50",
                         "fast_solver_speedup_vs_ancestral50", "coverage90_min", "coverage90_max", "peak_rss_gb"],
 }
@@ -92,9 +92,11 @@ def test_molecules_guided_smoke(tmp_path: Path) -> None:
     pytest.importorskip("tblite.interface")
     pytest.importorskip("torch_geometric")
     run_benchmark("molecules_guided", tmp_path, "--smoke", "--generator-run", str(tmp_path / "gen"),
-                  "--regressor-run", str(tmp_path / "reg"))
+                  "--regressor-dir", str(tmp_path / "reg"))
     data = json.loads((tmp_path / "molecules_guided.json").read_text())
     assert [b["name"] for b in data["bars"]] == BARS["molecules_guided"]
-    targets = data["settings"]["targets_xtb_gap_eV"]
-    assert len(targets) == 3 and targets == sorted(targets) and set(data["results"]) == {"1", "4"}
-    assert all(len(v["targets"]) == 3 for v in data["results"].values())
+    assert set(data["results"]) == {"xtb_gap", "logp"} and set(data["settings"]["regressors"]) == {"xtb_gap", "logp"}
+    for result in data["results"].values():
+        assert len(result["targets"]) == 3 and result["targets"] == sorted(result["targets"])
+        assert set(result["results"]) == {"1", "4"}
+        assert all(len(v["targets"]) == 3 for v in result["results"].values())

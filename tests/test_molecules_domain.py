@@ -269,5 +269,33 @@ def test_xtb_labels_are_qm9_properties(tmp_path: Path, qm9, monkeypatch) -> None
     check_design_targets({"xtb_gap": 5.0}, ["xtb_gap"], require_all=True)
     with pytest.raises(DomainError, match="outside the sensible range"):
         check_design_targets({"xtb_gap": 50.0}, ["xtb_gap"], require_all=True)
-    with pytest.raises(ConfigError, match="GFN2-xTB labels: xtb_gap"):
+    with pytest.raises(ConfigError, match="oracle labels: xtb_gap, xtb_dipole, logp, qed"):
         MoleculesData(properties=["xtb_energy_gap"])
+
+
+def test_descriptor_labels_read_molecules_as_designs_are_scored(tmp_path: Path, qm9, monkeypatch) -> None:
+    """`data.properties: [logp]`: RDKit's Crippen logP of each training molecule's EDM molecule (bonds from its
+    geometry), equal to RDKit's value for the same molecule read from SMILES; not-valid molecules get NaN."""
+    pytest.importorskip("rdkit")
+    from rdkit import Chem
+    from rdkit.Chem import AllChem, Crippen, QED
+
+    from sciffusion.domains.molecules.domain import MoleculesData, load_training_table
+    from sciffusion.domains.molecules.oracle import descriptor_labels
+
+    ethanol = Chem.AddHs(Chem.MolFromSmiles("CCO"))
+    AllChem.EmbedMolecule(ethanol, randomSeed=0)
+    AllChem.MMFFOptimizeMolecule(ethanol)
+    positions = ethanol.GetConformer().GetPositions()
+    types = np.array([QM9_DECODER.index(a.GetSymbol()) for a in ethanol.GetAtoms()])
+    far = positions * 3.0  # no bonds: fragments of single atoms, not one valid molecule
+    labels = descriptor_labels([(positions, types), (far, types)])
+    reference = Chem.MolFromSmiles("CCO")
+    assert labels["logp"][0] == pytest.approx(Crippen.MolLogP(reference), abs=1e-12)
+    assert labels["qed"][0] == pytest.approx(QED.qed(reference), abs=1e-12)
+
+    monkeypatch.setenv("SCIFFUSION_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr("sciffusion.domains.molecules.qm9.load_qm9", lambda: qm9)
+    table = load_training_table(MoleculesData(max_molecules=40, properties=["logp"]))
+    assert 35 <= len(table) <= 40 and np.isfinite(table.properties["logp"]).all()
+    assert table.properties["logp"][0] == pytest.approx(descriptor_labels([table.molecule(0)])["logp"][0])

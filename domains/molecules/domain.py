@@ -31,8 +31,8 @@ from sciffusion.domains.molecules.qm9 import (
     cache_dir,
     load_qm9_split,
 )
+from sciffusion.domains.molecules.oracle import DESCRIPTOR_LABELS, ORACLES, XTB_LABELS
 from sciffusion.domains.molecules.oracle import LABELS as ORACLE_LABELS
-from sciffusion.domains.molecules.oracle import ORACLES
 from sciffusion.domains.molecules.property_models import PropertyModel
 from sciffusion.model import DiffusionModel, diffusion_model_from_config
 from sciffusion.outputs import OutputError, check_file, publish_together
@@ -85,7 +85,7 @@ class MoleculesData:
             unknown = sorted(set(self.properties) - set(PROPERTIES) - set(ORACLE_LABELS))
             if unknown:
                 raise ConfigError(f"'data.properties': unknown {', '.join(unknown)} (QM9 has {', '.join(PROPERTIES)}; "
-                                  f"GFN2-xTB labels: {', '.join(ORACLE_LABELS)})")
+                                  f"oracle labels: {', '.join(ORACLE_LABELS)})")
         elif self.properties:
             raise ConfigError("'data.properties' needs data.source qm9 (user files carry no property columns)")
         if self.portion != "all" and self.source != "qm9":
@@ -132,16 +132,22 @@ def load_training_table(data: MoleculesData) -> MoleculeTable:
 
 
 def with_oracle_labels(table: MoleculeTable, names: list[str]) -> MoleculeTable:
-    """``table`` with the GFN2-xTB labels of its molecules on their DFT geometries as properties (computed once,
-    cached); molecules on which xTB fails for one of ``names`` are dropped (counted in the log)."""
-    from sciffusion.domains.molecules.oracle import cached_xtb_labels
+    """``table`` with the oracles' labels ``names`` of its molecules as properties: GFN2-xTB's on their DFT
+    geometries (computed once, cached) and RDKit's descriptors of their EDM molecules; molecules with a NaN label
+    among ``names`` (xTB failed, or not EDM-valid) are dropped (counted in the log)."""
+    from sciffusion.domains.molecules.oracle import cached_xtb_labels, descriptor_labels
 
-    labels = cached_xtb_labels(table.ids, [table.molecule(i) for i in range(len(table))],
-                               cache_dir() / "qm9_xtb_labels.npz", table.decoder)
+    molecules = [table.molecule(i) for i in range(len(table))]
+    labels: dict[str, np.ndarray] = {}
+    if set(names) & set(XTB_LABELS):
+        labels |= cached_xtb_labels(table.ids, molecules, cache_dir() / "qm9_xtb_labels.npz", table.decoder)
+    if set(names) & set(DESCRIPTOR_LABELS):
+        labels |= descriptor_labels(molecules, table.decoder)
     table = replace(table, properties={**table.properties, **labels})
     ok = np.all([np.isfinite(labels[name]) for name in names], axis=0)
     if not ok.all():
-        log.info("GFN2-xTB labels: %d of %d molecules dropped (xTB failed on them)", int((~ok).sum()), len(table))
+        log.info("oracle labels: %d of %d molecules dropped (no value for %s)", int((~ok).sum()), len(table),
+                 ", ".join(names))
     return table.subset(np.flatnonzero(ok))
 
 
@@ -462,10 +468,11 @@ class MoleculesDomain(Domain):
         return regressor_guidance(reg.model, {k: norms[k].normalise(v) for k, v in targets.items()}, scale)
 
 
-# property a model learns -> the design table's column of the oracle that checks it on the generated geometry (xTB's
+# property a model learns -> the design table's column of the oracle that checks it on the generated molecule (xTB's
 # gap is not the DFT (B3LYP) gap of QM9: for `gap` the MAE is between a DFT-unit target and a GFN2 value; the
-# xtb_* labels are the oracle's own quantity)
-ORACLE_COLUMN = {"gap": "xtb_gap_eV", "mu": "xtb_dipole_D", "xtb_gap": "xtb_gap_eV", "xtb_dipole": "xtb_dipole_D"}
+# xtb_* labels are the oracle's own quantity; logp / qed are RDKit's, of the valid designs)
+ORACLE_COLUMN = {"gap": "xtb_gap_eV", "mu": "xtb_dipole_D", "xtb_gap": "xtb_gap_eV", "xtb_dipole": "xtb_dipole_D",
+                 "logp": "logp", "qed": "qed"}
 
 
 def target_range(name: str) -> tuple[float, float, str]:
@@ -514,11 +521,16 @@ def score_with_oracles(molecules: list[SampledMolecule], rows: list[dict[str, An
             row[key] = descriptors.get(key, float("nan"))
 
 
+def oracle_values(rows: list[dict[str, Any]], name: str) -> np.ndarray:
+    """The oracle's values for target ``name`` of the valid designs it scored (xTB failures are NaN)."""
+    values = np.array([r[ORACLE_COLUMN[name]] for r in rows if r["valid"]], dtype=float)
+    return values[np.isfinite(values)]
+
+
 def design_mae(rows: list[dict[str, Any]], name: str, target: float) -> float:
     """Mean |oracle - target| over the valid designs the oracle scored (NaN if none)."""
-    column = ORACLE_COLUMN[name]
-    values = [r[column] for r in rows if r["valid"] and r["xtb_ok"]]
-    return float(np.mean(np.abs(np.asarray(values) - target))) if values else float("nan")
+    values = oracle_values(rows, name)
+    return float(np.mean(np.abs(values - target))) if len(values) else float("nan")
 
 
 def plot_targets(path: Path, rows: list[dict[str, Any]], targets: dict[str, float]) -> None:
@@ -532,10 +544,9 @@ def plot_targets(path: Path, rows: list[dict[str, Any]], targets: dict[str, floa
     fig, axes = plt.subplots(1, max(len(names), 1), figsize=(4 * max(len(names), 1), 3.5), squeeze=False)
     for ax, name in zip(axes[0], names):
         column = ORACLE_COLUMN[name]
-        values = [r[column] for r in rows if r["valid"] and r["xtb_ok"]]
-        ax.hist(values, bins=30, color="#4477aa")
+        ax.hist(oracle_values(rows, name), bins=30, color="#4477aa")
         ax.axvline(targets[name], color="#cc3311", label=f"target {targets[name]:g}")
-        ax.set_xlabel(f"{column} (GFN2-xTB)")
+        ax.set_xlabel(f"{column} ({'RDKit' if name in DESCRIPTOR_LABELS else 'GFN2-xTB'})")
         ax.set_ylabel("valid designs")
         ax.legend()
     fig.tight_layout()

@@ -376,7 +376,26 @@ def check_target(name: str, value: float) -> float:
 
 
 # ------------------------------------------------------------------------------------------- oracle labels
-LABELS = ("xtb_gap", "xtb_dipole")  # properties the oracle gives every training molecule on its own geometry
+XTB_LABELS = ("xtb_gap", "xtb_dipole")  # what GFN2-xTB gives every training molecule on its own geometry
+DESCRIPTOR_LABELS = ("logp", "qed")  # RDKit descriptors of every training molecule, read as designs are scored
+LABELS = XTB_LABELS + DESCRIPTOR_LABELS
+
+
+def descriptor_labels(molecules: Sequence[tuple[np.ndarray, np.ndarray]],
+                      decoder: Sequence[str] = QM9_DECODER) -> dict[str, np.ndarray]:
+    """RDKit logP and QED of each molecule ``(positions, types)``, found the way a generated molecule's are (EDM's
+    bonds from the geometry, sanitised, its largest fragment re-read from SMILES): ``{"logp": (M,), "qed": (M,)}``,
+    NaN where the molecule is not EDM-valid."""
+    from sciffusion.domains.molecules.metrics import molecule_smiles
+
+    chem = _rdkit("descriptor labels")
+    values = {name: np.full(len(molecules), math.nan) for name in DESCRIPTOR_LABELS}
+    for k, (positions, types) in enumerate(molecules):
+        smiles, _ = molecule_smiles(positions, types, tuple(decoder))
+        mol = chem.MolFromSmiles(smiles) if smiles is not None else None
+        if mol is not None:
+            values["logp"][k], values["qed"][k] = logp(mol), qed(mol)
+    return values
 
 
 def cached_xtb_labels(ids: np.ndarray, molecules: Sequence[tuple[np.ndarray, np.ndarray]], path: Path,
