@@ -19,6 +19,8 @@ halves. Writes ``benchmarks/results/molecules_conditional.json`` (or ``--results
 from __future__ import annotations
 
 import argparse
+import datetime as _dt
+import json
 import os
 import sys
 import time
@@ -28,7 +30,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import bar, write_results  # noqa: E402
+from _common import RESULTS, bar, versions, write_results  # noqa: E402
 
 from sciffusion.config import load_config  # noqa: E402
 from sciffusion.domain import load_run  # noqa: E402
@@ -115,6 +117,21 @@ def evaluate_property(prop: str, args: argparse.Namespace) -> dict:
             "ratio_vs_atoms_baseline": best["mae"] / (mae(atoms, contexts) * scale)}
 
 
+def kept_results(path: Path, args: argparse.Namespace) -> dict:
+    """Other properties' results from an earlier run of this script with the same sampling settings."""
+    if not path.exists():
+        return {}
+    earlier = json.loads(path.read_text())
+    same = {"n_samples": args.n, "solver": args.solver, "steps": args.steps, "guidance_scales": args.guidance_scales,
+            "smoke": args.smoke}
+    differing = {k: earlier["settings"].get(k) for k, v in same.items() if earlier["settings"].get(k) != v}
+    if differing:
+        raise SystemExit(f"--keep-existing: {path} was sampled with other settings {differing}")
+    commit = earlier.get("versions", {}).get("git_commit")
+    return {prop: {"date": earlier["date"], "git_commit": commit, **r}
+            for prop, r in earlier["results"].items() if prop not in args.properties}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", default=str(ROOT / "configs/molecules/qm9.yaml"))
@@ -134,6 +151,9 @@ def main() -> None:
     ap.add_argument("--reuse", action="store_true", help="reuse finished runs in --work")
     ap.add_argument("--smoke", action="store_true", help="tiny runs (seconds): checks the script, measures nothing")
     ap.add_argument("--results-dir", default=None)
+    ap.add_argument("--keep-existing", action="store_true",
+                    help="keep the results file's other properties (their runs must share --n, --solver, --steps and "
+                         "--guidance-scales; each property records its own date and commit)")
     args = ap.parse_args()
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     if args.smoke:
@@ -144,12 +164,16 @@ def main() -> None:
         args.override.append("net.n_layers=2")
     args.solver = dict(part.split("=", 1) for part in args.solver.split(","))
 
-    per_property = {prop: evaluate_property(prop, args) for prop in args.properties}
+    results_path = Path(args.results_dir or RESULTS) / "molecules_conditional.json"
+    per_property = kept_results(results_path, args) if args.keep_existing else {}
+    for prop in args.properties:
+        per_property[prop] = {**evaluate_property(prop, args), "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                               "git_commit": versions(())["git_commit"]}
     for prop, r in per_property.items():
         print(prop, {k: r[k] for k in ("L_bound", "best_conditional_mae", "atoms_baseline", "U_bound")}, flush=True)
     gap = per_property.get("gap")
     payload = {
-        "settings": {"properties": args.properties, "n_samples": args.n, "solver": args.solver, "steps": args.steps,
+        "settings": {"properties": list(per_property), "n_samples": args.n, "solver": args.solver, "steps": args.steps,
                      "guidance_scales": args.guidance_scales, "smoke": args.smoke,
                      "differences_from_edm": [
                          f"{args.n} conditional samples per property, not 10,000",

@@ -91,7 +91,7 @@ def main() -> None:
 
     gen_dir = Path(args.generator_run)
     timings = {}
-    if not (gen_dir / "checkpoints" / "last").exists():
+    if not (gen_dir / "checkpoints" / "last").exists():  # a generator run given is used as it is
         cfg = load_config(args.config, [f"run_dir={gen_dir}", "trainer.progress=false", *tiny,
                                         *(["data.max_molecules=300"] if args.smoke else []),
                                         f"trainer.max_steps={args.generator_steps}", *args.generator_override])
