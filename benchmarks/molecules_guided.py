@@ -7,8 +7,9 @@ unguided samples.
    its EDM molecule, so that target, regressor and oracle share one quantity), trained with the generator's own
    config (same processes) on ``--regressor-molecules`` training molecules (finished runs are reused);
 3. for each target (the 10th, 50th and 90th percentiles of the labels, recorded), ``--n`` molecules guided by the
-   regressor at each ``--scales`` and the same atom counts unguided; the oracle (GFN2-xTB on the generated
-   geometry, RDKit on its largest valid fragment) scores every valid molecule.
+   regressor at each ``--scales`` and the same atom counts unguided; the oracles score every valid molecule as the
+   molecule its SMILES names, EDM's largest fragment (GFN2-xTB on that fragment's generated geometry with its
+   implicit hydrogens placed by RDKit, RDKit on its SMILES).
 
     python benchmarks/molecules_guided.py [--properties xtb_gap logp] [--generator-run runs/bench_qm9]
                                           [--regressor-steps 3000] [--n 200] [--scales 1 4 16] [--smoke]
@@ -154,7 +155,8 @@ def main() -> None:
         "settings": {"generator_run": str(gen_dir), "generator_steps": generator.step, "regressors": regressor_configs,
                      "n_per_target": args.n, "scales": args.scales, "solver": solver, "steps": args.steps,
                      "smoke": args.smoke, "targets_from": "10th / 50th / 90th percentiles of each regressor's labels",
-                     "oracles": {"xtb_gap": "GFN2-xTB (tblite) HOMO-LUMO gap in eV on the generated geometry",
+                     "oracles": {"xtb_gap": "GFN2-xTB (tblite) HOMO-LUMO gap in eV of the largest valid "
+                                             "fragment at its generated geometry, implicit H placed by RDKit",
                                  "logp": "RDKit Wildman-Crippen logP of the largest valid fragment",
                                  "qed": "RDKit QED of the largest valid fragment"},
                      "scored": "valid molecules only (EDM's validity); validity_drop_points at the first property's "

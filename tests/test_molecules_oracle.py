@@ -15,7 +15,7 @@ from rdkit.Chem import QED, Crippen, Descriptors, rdMolDescriptors  # noqa: E402
 from sciffusion.domains.molecules import oracle  # noqa: E402
 from sciffusion.domains.molecules.oracle import (  # noqa: E402
     BOHR_IN_ANGSTROM, E_BOHR_TO_DEBYE, HARTREE_TO_EV, ORACLES, QM9_DECODER, XtbResult, atomic_numbers, check_target,
-    rdkit_descriptors, xtb_batch, xtb_properties)
+    largest_fragment_geometry, rdkit_descriptors, xtb_batch, xtb_properties)
 
 H, C, N, O, F = range(5)  # QM9_DECODER indices
 
@@ -251,3 +251,24 @@ def test_cached_xtb_labels_compute_once_and_mark_failures(tmp_path, monkeypatch)
     again = cached_xtb_labels(np.array([9, 5, 11]), [m, w, w], path)
     assert calls == [1]  # only id 11 was new
     np.testing.assert_allclose(again["xtb_gap"], [labels["xtb_gap"][2], labels["xtb_gap"][0], labels["xtb_gap"][0]])
+
+
+def test_oracle_geometry_is_the_largest_fragment_with_its_hydrogens() -> None:
+    pos, types = methane()
+    whole = largest_fragment_geometry(pos, types)
+    assert whole is not None and whole[2] == 0
+    np.testing.assert_allclose(whole[0], pos)
+    assert whole[1].tolist() == [6, 1, 1, 1, 1]
+    # a stray hydrogen 10 A away and a water molecule 8 A away are left out: methane (5 atoms) is the largest
+    far = np.concatenate([pos, [[10.0, 10.0, 10.0]], water()[0] + np.array([8.0, 0.0, 0.0])])
+    only = largest_fragment_geometry(far, np.concatenate([types, [H], water()[1]]))
+    np.testing.assert_allclose(only[0], pos)
+    assert only[1].tolist() == [6, 1, 1, 1, 1]
+    # a bare carbon gets the four hydrogens its SMILES (C, methane) implies, at bonding distances
+    bare = largest_fragment_geometry(pos[:1], types[:1])
+    assert bare[2] == 4 and bare[1].tolist() == [6, 1, 1, 1, 1]
+    bond = np.linalg.norm(bare[0][1:] - bare[0][0], axis=1)
+    assert np.all((bond > 0.95) & (bond < 1.2))
+    assert xtb_properties(bare[0], bare[1], decoder=None).ok
+    # a fluorine bonded to two carbons does not sanitise: not valid, no geometry
+    assert largest_fragment_geometry(np.array([[-1.35, 0, 0], [0.0, 0, 0], [1.35, 0, 0]]), np.array([C, F, C])) is None

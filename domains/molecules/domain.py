@@ -503,18 +503,28 @@ def check_design_targets(targets: dict[str, float], conditioned: list[str], requ
 
 
 def score_with_oracles(molecules: list[SampledMolecule], rows: list[dict[str, Any]], elements: tuple[str, ...], targets: dict[str, float]) -> None:
-    """Add the oracles' values to each row: GFN2-xTB gap (eV) and dipole (D) on the generated geometry (NaN and the
-    reason where xTB fails), RDKit QED / logP / TPSA of the valid ones (of EDM's largest fragment), and each
-    target."""
+    """Add the oracles' values and each target to each row. Both oracles score the molecule a valid design's
+    SMILES names, EDM's largest fragment: RDKit QED / logP / TPSA of that SMILES, and the GFN2-xTB gap (eV) and
+    dipole (D) of that fragment at its generated geometry, with its implicit hydrogens placed by RDKit
+    (:func:`~sciffusion.domains.molecules.oracle.largest_fragment_geometry`; ``xtb_atoms`` and
+    ``xtb_added_hydrogens`` say what xTB saw). Invalid designs and xTB failures get NaN and the reason."""
     from rdkit import Chem
 
-    from sciffusion.domains.molecules.oracle import rdkit_descriptors, xtb_batch
+    from sciffusion.domains.molecules.oracle import largest_fragment_geometry, rdkit_descriptors, xtb_batch
 
-    results = xtb_batch([(m.positions, m.types, m.charges) for m in molecules], elements)
-    for row, result in zip(rows, results):
+    geometries = [largest_fragment_geometry(m.positions, m.types, elements) if row["valid"] else None
+                  for m, row in zip(molecules, rows)]
+    scored = [i for i, g in enumerate(geometries) if g is not None]
+    results = dict(zip(scored, xtb_batch([geometries[i][:2] for i in scored], None)))
+    for i, row in enumerate(rows):
         row.update({f"target_{name}": value for name, value in targets.items()})
-        row.update({"xtb_gap_eV": result.gap, "xtb_dipole_D": result.dipole, "xtb_ok": result.ok,
-                    "xtb_failure": "" if result.ok else result.reason})
+        result, geometry = results.get(i), geometries[i]
+        row.update({"xtb_gap_eV": result.gap if result else float("nan"),
+                    "xtb_dipole_D": result.dipole if result else float("nan"),
+                    "xtb_ok": bool(result and result.ok),
+                    "xtb_failure": ("not valid" if result is None else "" if result.ok else result.reason),
+                    "xtb_atoms": len(geometry[1]) if geometry else 0,
+                    "xtb_added_hydrogens": geometry[2] if geometry else 0})
         valid = Chem.MolFromSmiles(row["smiles"]) if row["valid"] else None  # EDM's valid (largest) fragment
         descriptors = rdkit_descriptors(valid) if valid is not None else {}
         for key in ("qed", "logp", "tpsa"):

@@ -262,6 +262,35 @@ def xtb_batch(molecules: Iterable[Any], decoder: Sequence[str] | None = QM9_DECO
     return results
 
 
+def largest_fragment_geometry(positions: np.ndarray, types: Sequence[int] | np.ndarray,
+                              decoder: Sequence[str] = QM9_DECODER) -> tuple[np.ndarray, np.ndarray, int] | None:
+    """The 3-D molecule a valid design's SMILES names, for the physics oracle: EDM's molecule of a generated
+    geometry (its bonds from the bond-length tables, :func:`~sciffusion.domains.molecules.metrics.build_molecule`),
+    sanitised; its largest fragment (the first on ties, as EDM's validity takes it) with the generated
+    positions; and the implicit hydrogens that sanitisation gave under-bonded atoms placed by RDKit
+    (``AddHs(addCoords=True)``). Returns ``(positions (m, 3) Angstrom, atomic numbers (m,), hydrogens added)``,
+    or None where EDM's molecule does not sanitise (not valid). Without this, xTB would see every stray atom and
+    radical fragment of the sample (open shells, near-zero gaps) while RDKit's descriptors see the SMILES."""
+    from sciffusion.domains.molecules.metrics import build_molecule, mol2smiles
+
+    chem = _rdkit("the oracle geometry")
+    pos = np.asarray(positions, dtype=np.float64).reshape(-1, 3)
+    mol = build_molecule(pos, types, decoder)
+    if mol2smiles(mol) is None:
+        return None
+    conf = chem.Conformer(mol.GetNumAtoms())
+    for i, xyz in enumerate(pos):
+        conf.SetAtomPosition(i, xyz.tolist())
+    mol.AddConformer(conf, assignId=True)
+    fragments = chem.GetMolFrags(mol, asMols=True)
+    largest = max(fragments, key=lambda m: m.GetNumAtoms())
+    n_before = largest.GetNumAtoms()
+    with_h = chem.AddHs(largest, addCoords=True)
+    xyz = with_h.GetConformer().GetPositions()
+    numbers = np.array([a.GetAtomicNum() for a in with_h.GetAtoms()], dtype=np.int64)
+    return xyz, numbers, with_h.GetNumAtoms() - n_before
+
+
 # --------------------------------------------------------------------------------------------------- RDKit
 
 
