@@ -168,6 +168,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     result = train(cfg, resume=args.resume)
     if env_rank() == 0:
+        if result.stopped:
+            print(f"note: stopped by {result.stopped} at step {result.step} of {cfg.trainer.max_steps}; the checkpoint "
+                  f"is saved; continue with: sciffusion train {args.config} --resume (and the same overrides)")
         print(f"trained to step {result.step}; run folder: {result.run_dir}")
     return 0
 

@@ -116,9 +116,12 @@ class TrainerConfig:
     ``grad_clip`` of ``None`` or ``0`` disables clipping (the norm is still logged and checked).
     ``ema_decay`` of ``0`` disables the EMA model. ``checkpoint_every`` / ``sample_every`` of ``0``
     mean "only at the end" / "never". ``progress`` draws a progress bar, and only when stderr is a terminal.
+    ``max_minutes`` > 0 is a wall-clock budget for one invocation: when it is spent, the current step finishes,
+    a checkpoint is saved and training stops as after SIGINT (``--resume`` continues exactly).
     """
 
     max_steps: int = 1000
+    max_minutes: float = 0.0
     batch_size: int = 64
     lr: float = 2e-4
     weight_decay: float = 0.0
@@ -141,6 +144,7 @@ class TrainerConfig:
 
     def __post_init__(self) -> None:
         _check(self.max_steps >= 1, "max_steps", f"must be >= 1, got {self.max_steps}")
+        _check(self.max_minutes >= 0, "max_minutes", f"must be >= 0 (0: no budget), got {self.max_minutes}")
         _check(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
         _check(self.lr > 0, "lr", f"must be > 0, got {self.lr}")
         _check(self.weight_decay >= 0, "weight_decay", f"must be >= 0, got {self.weight_decay}")

@@ -5,7 +5,8 @@ linear warm-up and cosine decay, gradient clipping, an EMA copy (``torch.optim.s
 autocast where the device supports it, deterministic batches and per-step randomness, a progress
 bar, ``metrics.csv`` (+ optional TensorBoard), periodic sampling, atomic safetensors checkpoints,
 exact resume, NaN/Inf detection, a clean stop on SIGINT / SIGTERM (the current step finishes, a
-checkpoint is saved, then :class:`KeyboardInterrupt` is raised), and DistributedDataParallel under ``torchrun``.
+checkpoint is saved and :meth:`Trainer.fit` returns with ``stopped`` set; the same on ``trainer.max_minutes``), and
+DistributedDataParallel under ``torchrun``.
 
 Steps are counted from 1. Step ``s`` uses the batch :class:`StepBatchSampler` assigns to ``s``,
 the random numbers of ``StepRandom(seed, s, rank, world)`` and ``torch.manual_seed`` of
@@ -92,10 +93,14 @@ PLOT_INTERVAL_S = 120.0  # loss.png is redrawn at checkpoints at most this often
 
 @dataclass
 class TrainResult:
+    """Where training ended. ``stopped`` says why it ended before ``max_steps`` (``"SIGINT"``, ``"SIGTERM"``,
+    ``"max_minutes"``; the checkpoint of ``step`` is saved), None when it reached ``max_steps``."""
+
     run_dir: Path
     step: int
     loss: float
     resumed_from: int
+    stopped: str | None = None
 
 
 def lr_at(step: int, tc: TrainerConfig) -> float:
@@ -349,6 +354,7 @@ class Trainer:
         last_plot = time.perf_counter()
         loss_value = float("nan")
         self.model.train()
+        deadline = time.perf_counter() + 60.0 * tc.max_minutes if tc.max_minutes else math.inf
         stop = StopRequest().install()
         try:
             for step, batch in zip(range(start + 1, tc.max_steps + 1), loader):
@@ -369,10 +375,11 @@ class Trainer:
                 else:
                     loss.backward()
                 grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
-                # the loss is averaged over ranks together with "a stop was requested", so that all ranks stop at one step
-                shared = torch.stack([loss.detach().float(), torch.tensor(float(stop.signum is not None), device=loss.device)])
-                shared = all_reduce_mean(shared, info)
-                loss_value, stop_now = shared[0].item(), shared[1].item() > 0
+                # the loss is averaged over ranks together with "a stop was requested" and "the budget is spent", so
+                # that all ranks stop at one step
+                flags = [float(stop.signum is not None), float(time.perf_counter() > deadline)]
+                shared = all_reduce_mean(torch.tensor([loss.detach().float().item(), *flags], device=loss.device), info)
+                loss_value, signalled, out_of_time = shared[0].item(), shared[1].item() > 0, shared[2].item() > 0
                 norm_value = grad_norm.detach().float().item()
                 bad = None
                 if not math.isfinite(loss_value):
@@ -415,17 +422,20 @@ class Trainer:
                     barrier(info)
                     last_ckpt_step = step
                 window_start += time.perf_counter() - pause_start
-                if stop_now:
+                if (signalled or out_of_time) and step < tc.max_steps:
                     if last_ckpt_step != step:
                         if main:
                             self._save()
                         barrier(info)
-                        last_ckpt_step = step
-                    if main:
+                    if signalled:
                         why = signal.Signals(stop.signum).name if stop.signum is not None else "a signal to another rank"
-                        log.warning("stopped by %s after step %d; checkpoint saved in %s (continue with --resume)",
-                                    why, step, self.run_dir / "checkpoints" / "last")
-                    raise KeyboardInterrupt
+                    else:
+                        why = "max_minutes"
+                    if main:
+                        log.warning("stopped by %s after step %d of %d; checkpoint saved in %s (continue with --resume)",
+                                    why if signalled else f"trainer.max_minutes={tc.max_minutes:g}", step, tc.max_steps,
+                                    self.run_dir / "checkpoints" / "last")
+                    return TrainResult(self.run_dir, self.step, loss_value, start, stopped=why)
         finally:
             stop.restore()
             bar.close()
