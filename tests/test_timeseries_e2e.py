@@ -132,10 +132,18 @@ def test_a_file_with_nothing_missing_is_copied_with_a_note(trained: Path, capsys
     assert "no missing values" in capsys.readouterr().out
 
 
+def test_a_feature_never_measured_in_the_file_is_imputed(trained: Path, capsys) -> None:
+    write_series_csv(trained / "no_dew.csv", n=20, seed=4).assign(dew=np.nan).to_csv(trained / "no_dew.csv", index=False)
+    out = trained / "no_dew_out.csv"
+    assert main(["impute", str(trained / "run"), "--input", str(trained / "no_dew.csv"), "--output", str(out),
+                 "--samples", "8", "--steps", "3"]) == 0, capsys.readouterr().err
+    result = pd.read_csv(out)
+    assert result["dew"].notna().all() and (result["dew_q95"] - result["dew_q05"] > 0).all()
+
+
 @pytest.mark.parametrize("edit,message", [
     (lambda f: f.rename(columns={"wind": "gust"}), "columns do not match the trained model"),
     (lambda f: f.assign(temp=["warm"] + list(f["temp"][1:])), "feature column 'temp' is not numeric"),
-    (lambda f: f.assign(dew=np.nan), "feature column 'dew' has no values"),
     (lambda f: f.iloc[::-1], "not sorted"),
     (lambda f: pd.concat([f.iloc[:3], f.iloc[2:]]), "duplicated time stamp"),
 ])

