@@ -19,6 +19,14 @@ import numpy as np
 import pandas as pd
 import torch
 from sciffusion.domains.timeseries import metrics as M
+from sciffusion.domains.timeseries.calibration import (
+    CALIBRATION_QUANTILES,
+    Calibration,
+    borrowed_gap_masks,
+    fit_calibration,
+    plot_reliability,
+    reliability,
+)
 from sciffusion.domains.timeseries.datasets import (
     ImputationData,
     load_csv,
@@ -137,16 +145,22 @@ class TimeseriesData:
 
 @dataclass
 class ImputeConfig:
-    """``impute:`` section: output quantiles and plot defaults."""
+    """``impute:`` section: output quantiles, plot defaults, and the conformal calibration of the intervals
+    (:mod:`~sciffusion.domains.timeseries.calibration`; ``calibrate: false`` or ``--no-calibrate`` turn it off,
+    a feature with fewer than ``calibration_min_entries`` hidden entries takes the pooled factors)."""
 
     quantiles: list[float] = field(default_factory=lambda: [0.05, 0.25, 0.5, 0.75, 0.95])
     plot_features: int = 3
+    calibrate: bool = True
+    calibration_min_entries: int = 30
 
     def __post_init__(self) -> None:
         if not self.quantiles or any(not 0.0 < q < 1.0 for q in self.quantiles):
             raise FieldError("quantiles", f"must be a non-empty list of numbers in (0, 1), got {self.quantiles}")
         if self.plot_features < 1:
             raise FieldError("plot_features", f"must be >= 1, got {self.plot_features}")
+        if self.calibration_min_entries < 1:
+            raise FieldError("calibration_min_entries", f"must be >= 1, got {self.calibration_min_entries}")
 
 
 def load_data(data: TimeseriesData) -> ImputationData:
@@ -255,13 +269,14 @@ class Imputation:
 
 def impute_series(model: ImputationModel, series: Series, cond: np.ndarray, meta: SeriesMeta, n_samples: int,
                   solver: str, steps: int, levels: list[float], eta: float = 0.0, max_batch: int = 2048, seed: int = 0,
-                  keep_samples: bool = False, windows_per_chunk: int = 64) -> Imputation:
+                  keep_samples: bool = False, windows_per_chunk: int = 64,
+                  calibration: Calibration | None = None) -> Imputation:
     """Sample the entries of ``series`` not in ``cond`` ``(K, N)`` and summarise them.
 
     The series is cut into non-overlapping windows of the trained length (the last one aligned to
     the end); windows are sampled ``windows_per_chunk`` at a time so memory stays bounded, their
-    ``n_samples`` samples in network batches of ``max_batch`` series (:meth:`ImputationModel.impute`).
-    The 5%, 50% and 95% levels are always computed.
+    ``n_samples`` samples in network batches of ``max_batch`` series (:meth:`ImputationModel.impute`),
+    rescaled by ``calibration`` when given. The 5%, 50% and 95% levels are always computed.
     """
     levels = sorted(set(levels) | {0.05, 0.5, 0.95})
     windows = SeriesWindows([series], meta.normalizer, meta.window, stride=meta.window, cond_masks=[cond], step=meta.step)
@@ -275,6 +290,8 @@ def impute_series(model: ImputationModel, series: Series, cond: np.ndarray, meta
                              max_batch, generator)  # (S, W, K, L), normalised
         draws = meta.normalizer.inverse(draws.double())
         _check_finite(draws, stack["cond_mask"], windows, first, series)
+        if calibration is not None:
+            draws = calibration.apply(draws)
         quantile_parts.append(sample_quantiles(draws, levels).numpy())
         if keep_samples:
             sample_parts.append(draws.float().numpy())
@@ -289,6 +306,26 @@ def impute_series(model: ImputationModel, series: Series, cond: np.ndarray, meta
     if samples is not None:
         samples = np.where(keep[None], original[None], samples)
     return Imputation(quantiles, levels, samples, seconds, len(windows))
+
+
+def calibrate_on_input(model: ImputationModel, panel: list[Series], meta: SeriesMeta, sc: Any, min_entries: int,
+                       ) -> Calibration | None:
+    """Fit :class:`Calibration` on the input itself: its observed entries hidden in the pattern of other windows'
+    gaps (:func:`borrowed_gap_masks`, seeded by the sampling seed) and imputed with the same sampler. None when no
+    window has a gap to lend."""
+    masks = borrowed_gap_masks(panel, meta.window, sc.seed)
+    if masks is None:
+        return None
+    levels = list(CALIBRATION_QUANTILES)
+    quantiles, truth, hidden = [], [], []
+    for series, cond in zip(panel, masks):
+        imp = impute_series(model, series, cond, meta, sc.n, sc.solver, sc.steps, levels, sc.eta, sc.batch_size,
+                            sc.seed + 1)
+        quantiles.append(np.stack([imp.level(q) for q in levels]))
+        truth.append(series.values)
+        hidden.append(series.observed_mask & ~cond)
+    return fit_calibration(np.concatenate(quantiles, axis=2), np.concatenate(truth, axis=1),
+                           np.concatenate(hidden, axis=1), meta.normalizer.std, min_entries, tuple(levels))
 
 
 def _check_finite(draws: torch.Tensor, cond_mask: torch.Tensor, windows: SeriesWindows, first: int, series: Series) -> None:
@@ -416,6 +453,8 @@ class TimeseriesDomain(Domain):
         p.add_argument("--plot", help="also write a .png of chosen features (observed, median, 90%% band)")
         p.add_argument("--plot-features", dest="plot_features", help="comma-separated features to plot (default: most gaps)")
         p.add_argument("--save-samples", dest="save_samples", help="also write the raw samples (S, K, N) to this .npz")
+        p.add_argument("--no-calibrate", dest="calibrate", action="store_false", default=None,
+                       help="skip the conformal calibration of the intervals (default: impute.calibrate of the run)")
         p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
         p.set_defaults(func=_cmd_impute)
 
@@ -486,10 +525,14 @@ def _cmd_impute(args: argparse.Namespace) -> int:
         return 0
     run = load_run(args.run_dir, device=args.device)
     sc = run.sample_config(args)
-    levels = levels or list(run.config.section("impute").quantiles)
+    settings = run.config.section("impute")
+    levels = levels or list(settings.quantiles)
+    calibrate = settings.calibrate if args.calibrate is None else args.calibrate
+    calibration = (calibrate_on_input(run.model, [p.series for p in panel], meta, sc, settings.calibration_min_entries)
+                   if calibrate else None)
     imputations = [impute_series(run.model, part.series, part.series.observed_mask, meta, sc.n, sc.solver, sc.steps,
-                                 levels, sc.eta, sc.batch_size, sc.seed, keep_samples=samples_path is not None)
-                   for part in panel]
+                                 levels, sc.eta, sc.batch_size, sc.seed, keep_samples=samples_path is not None,
+                                 calibration=calibration) for part in panel]
     out = imputed_table(source, panel, imputations, meta, levels)
     first = panel[0]
     observed = first.series.observed_mask
@@ -497,13 +540,24 @@ def _cmd_impute(args: argparse.Namespace) -> int:
         chosen = [meta.features.index(f) for f in plot_features]
     else:
         chosen = choose_features(observed, run.config.section("impute").plot_features)
-    targets = [p for p in (output, samples_path, plot_path) if p is not None]
+    metadata = {"input": str(source), "run_dir": str(args.run_dir), "samples": sc.n, "solver": sc.solver,
+                "steps": sc.steps, "seed": sc.seed, "series": len(panel),
+                "calibration": calibration.to_json(meta.features) if calibration else
+                ("off" if not calibrate else "none: no window of the input has a gap to lend its pattern")}
+    side = output.with_name(output.name + ".json")
+    reliability_path = output.with_name(output.stem + "_reliability.png") if calibration else None
+    targets = [p for p in (output, side, reliability_path, samples_path, plot_path) if p is not None]
     with publish_together(targets) as temps:
         write_frame(out, temps[0])
+        write_json_atomic(temps[1], metadata)
+        if calibration is not None:
+            plot_reliability(temps[2], {"model": calibration.coverage_before, "calibrated": calibration.coverage_after},
+                             f"{source.name}: hidden observed entries ({int(calibration.entries.sum())})")
         if samples_path is not None:
             samples = np.concatenate([imp.samples for imp in imputations], axis=2).astype(np.float32)
             ids = np.concatenate([[part.id] * part.series.length for part in panel])
-            np.savez_compressed(temps[1], samples=samples, features=np.asarray(meta.features), series_id=ids)
+            np.savez_compressed(temps[targets.index(samples_path)], samples=samples, features=np.asarray(meta.features),
+                                series_id=ids)
         if plot_path is not None:
             which = f" ({meta.layout.id_column}={first.id})" if first.id else ""
             plot_imputation(np.asarray(first.series.index), meta.features, observed, imputations[0].level(0.5),
@@ -515,8 +569,17 @@ def _cmd_impute(args: argparse.Namespace) -> int:
     seconds = sum(imp.seconds for imp in imputations)
     in_series = f" of {len(panel)} series" if len(panel) > 1 else ""
     print(f"imputed {missing} missing entries in {windows} windows{in_series} with {sc.n} samples each "
-          f"({sc.solver}, {sc.steps} steps, {seconds:.1f} s); wrote {output}")
+          f"({sc.solver}, {sc.steps} steps, {seconds:.1f} s); {_calibration_note(calibration, calibrate)}; "
+          f"wrote {output} and {side.name}")
     return 0
+
+
+def _calibration_note(calibration: Calibration | None, calibrate: bool) -> str:
+    if calibration is None:
+        return "intervals not calibrated" + ("" if not calibrate else " (no gap pattern in the input to learn from)")
+    j = list(calibration.levels).index(0.9)
+    return (f"90% intervals calibrated on {int(calibration.entries.sum())} hidden observed entries "
+            f"(their coverage {calibration.coverage_before[j]:.2f} -> {calibration.coverage_after[j]:.2f})")
 
 
 def imputed_table(source: Path, panel: list[PanelSeries], imputations: list[Imputation], meta: SeriesMeta,
