@@ -110,8 +110,12 @@ def build_parser(with_domains: bool = True) -> tuple[argparse.ArgumentParser, di
                                  "samples.png; other domains: a folder. Other image suffixes (.jpg, ...) are refused")
     p.set_defaults(func=_cmd_sample)
 
-    p = sub.add_parser("evaluate", help="compute a trained run's metrics into RUN_DIR/metrics.json")
+    p = sub.add_parser("evaluate", help="compute a trained run's metrics into RUN_DIR/metrics.json",
+                       description="Score a trained run on its own test split, or, with --input and --truth (domains "
+                                   "that impute), the imputation of INPUT's gaps against TRUTH's values.")
     p.add_argument("run_dir", help="run folder written by `sciffusion train`")
+    p.add_argument("--input", help="a file whose gaps are imputed (with --truth; writes RUN_DIR/metrics_TRUTH.json)")
+    p.add_argument("--truth", help="the same data with the true values of (some of) INPUT's gaps")
     _add_sampling_args(p)
     p.set_defaults(func=_cmd_evaluate)
 
@@ -202,12 +206,15 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from sciffusion.domain import load_run
     from sciffusion.train.checkpoint import write_json_atomic
 
+    if (args.input is None) != (args.truth is None):
+        raise ValueError("evaluate: --input and --truth go together")
     run = load_run(args.run_dir, device=args.device)
     run.domain.check_sampling_args(args)
     metrics = run.domain.evaluate(run, args)
     if not isinstance(metrics, dict):
         raise TypeError(f"domain '{run.domain.name}' evaluate() returned {type(metrics).__name__}, expected a dict")
-    write_json_atomic(run.run_dir / "metrics.json", metrics)
+    name = f"metrics_{Path(args.truth).stem}.json" if args.truth else "metrics.json"
+    write_json_atomic(run.run_dir / name, metrics)
     print(json.dumps(metrics, indent=2, default=str))
     return 0
 

