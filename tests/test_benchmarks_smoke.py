@@ -27,7 +27,8 @@ BARS = {
     "molecules_guided": ["gap_mae_ratio_vs_naive", "logp_mae_ratio_vs_naive", "validity_drop_points"],
     "imputation_panels": ["mae_ratio_vs_pypots_csdi", "crps_ratio_vs_pypots_csdi"],
     "imputation_pm25": ["mae_ratio_vs_pypots_csdi", "crps_ratio_vs_pypots_csdi", "fast_solver_crps_ratio_vs_ancestral50",
-                        "fast_solver_speedup_vs_ancestral50", "coverage90_min", "coverage90_max", "peak_rss_gb"],
+                        "fast_solver_speedup_vs_ancestral50", "coverage90_min", "coverage90_max", "coverage50_min",
+                        "coverage50_max", "calibrated_crps_ratio_vs_uncalibrated", "peak_rss_gb"],
 }
 
 pytestmark = pytest.mark.slow
