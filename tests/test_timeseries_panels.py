@@ -171,6 +171,11 @@ def test_a_long_panel_trains_and_imputes_one_stay_with_never_measured_variables(
 
     split = json.loads((tmp_path / "run" / "series.json").read_text())["split"]
     assert len(split["test"]) == 2 and len(split["train"]) == 6
+    masked, truth = tmp_path / "m.csv", tmp_path / "t.csv"
+    assert main(["holdout", str(tmp_path / "c.yaml"), "--part", "test", "--ratio", "0.2", "--masked", str(masked),
+                 "--truth", str(truth)]) == 0
+    assert sorted(pd.read_csv(truth)["id"].unique()) == sorted(split["test"])  # only series training never saw
+    assert main(["evaluate", str(tmp_path / "run"), "--input", str(masked), "--truth", str(truth)]) == 0
     stay = icu_like(n_stays=8, hours=24)
     stay = stay[(stay["id"] == "s1") & (stay["Parameter"] != "Temp")]  # s1: no lactate, no temperature either
     _write(stay, tmp_path / "one.csv")

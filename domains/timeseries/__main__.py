@@ -1,4 +1,4 @@
-"""``python -m sciffusion.domains.timeseries OUT.csv``: export the embedded weather data set as a wide file."""
+"""``python -m sciffusion.domains.timeseries OUT.csv [--dataset weather|pbcseq]``: export an embedded data set."""
 from sciffusion.domains.timeseries.datasets import main
 
 raise SystemExit(main())

@@ -6,8 +6,10 @@ masks say which observed entries the model may see; the other observed entries a
 """
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -254,10 +256,8 @@ def load_csv(path: str | Path, time_column: str | None = None, test_fraction: fl
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m sciffusion.domains.timeseries OUT.csv [--dataset weather|pbcseq] [--first I] [--rows N]``: export
-    an embedded table."""
+    an embedded table (the output's folder is created)."""
     import argparse
-
-    from sciffusion.domains.timeseries.io import write_frame
 
     parser = argparse.ArgumentParser(description="Write an embedded data set to a CSV or Parquet file: nycflights13 "
                                                  "weather (wide, NaN = missing) or the pbcseq clinical panel (long).")
@@ -266,6 +266,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--first", type=int, default=0, help="first row to write")
     parser.add_argument("--rows", type=int, default=None, help="number of rows (default: all)")
     args = parser.parse_args(argv)
+    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+    try:
+        return _export(args)
+    except SeriesError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+def _export(args: Any) -> int:
+    from sciffusion.domains.timeseries.io import write_frame
+
     if args.dataset == "pbcseq":
         frame = pbcseq_long_frame()
         write_frame(frame, args.output)

@@ -475,6 +475,9 @@ class TimeseriesDomain(Domain):
         p.add_argument("config", help="a timeseries config whose data section describes the file")
         p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides (e.g. data.path=...)")
         p.add_argument("--input", help="file or folder to split (default: data.path)")
+        p.add_argument("--part", choices=["all", "test"], default="all",
+                       help="all series, or only the test series of the config's own split (a panel's "
+                            "data.test_fraction / test_ids with split_seed): the ones its training never sees")
         p.add_argument("--ratio", type=float, required=True, help="fraction of each series' observed entries to hide")
         p.add_argument("--seed", type=int, default=0, help="seed (series j uses SEED + j)")
         p.add_argument("--masked", required=True, help="output: the input without the hidden entries")
@@ -707,6 +710,13 @@ def _cmd_holdout(args: argparse.Namespace) -> int:
         raise SeriesError("--masked, --truth and the input must be three different files")
     layout = cfg.data.table_layout
     panel = read_panel(source, layout)
+    if args.part == "test":
+        if layout.id_column is None and not source.is_dir():
+            raise SeriesError("--part test: only a panel (data.id_column or a folder) is split by series")
+        test_ids = set(load_data(replace(cfg.data, path=str(source))).split["test"])
+        panel = [part for part in panel if part.id in test_ids]
+        if not panel:
+            raise SeriesError(f"--part test: the config's split holds no test series of {source}")
     masked = [np.where(holdout_mask(part.series, args.ratio, args.seed + j), part.series.values, np.nan)
               for j, part in enumerate(panel)]
     hidden = int(sum(part.series.observed_mask.sum() - (~np.isnan(m)).sum() for part, m in zip(panel, masked)))
