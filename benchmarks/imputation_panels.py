@@ -78,7 +78,7 @@ def train_pypots(args, data, window: int):
     """PyPOTS' CSDI at our size, fed one-epoch chunks of shuffled training windows for the budget."""
     if args.pypots_path:
         sys.path.insert(0, args.pypots_path)
-    from pypots.imputation import CSDI
+    from _pypots import train_pypots_csdi
 
     from sciffusion.domains.timeseries.series import SeriesWindows
 
@@ -87,24 +87,10 @@ def train_pypots(args, data, window: int):
     keep = train["observed_mask"].sum(dim=(1, 2)) >= 2
     x_train = np.where(train["observed_mask"].bool().numpy(), train["values"].numpy(), np.nan)[keep.numpy()]
     x_train = x_train.transpose(0, 2, 1)
-    torch.manual_seed(0)
-    model = CSDI(n_steps=window, n_features=x_train.shape[2], n_layers=2, n_heads=4, n_channels=32,
-                 d_time_embedding=64, d_feature_embedding=16, d_diffusion_embedding=64, n_diffusion_steps=50,
-                 target_strategy="random", schedule="quad", beta_start=1e-4, beta_end=0.5, batch_size=16, epochs=1,
-                 device="cpu", verbose=False)
-    rng = np.random.default_rng(0)
-    start, steps, order, cursor = time.perf_counter(), 0, rng.permutation(len(x_train)), 0
-    while time.perf_counter() - start < args.budget_min * 60:
-        if cursor + args.pypots_chunk > len(order):
-            order, cursor = rng.permutation(len(x_train)), 0
-        rows = order[cursor:cursor + args.pypots_chunk]
-        cursor += args.pypots_chunk
-        model.fit({"X": x_train[rows]})
-        steps += int(np.ceil(len(rows) / 16))
+    model, info = train_pypots_csdi(x_train, args.budget_min, args.pypots_chunk)
     import pypots
 
-    return model, {"train_seconds": time.perf_counter() - start, "train_steps": steps, "windows": int(len(x_train)),
-                   "version": pypots.__version__, "chunk": args.pypots_chunk}
+    return model, {**info, "version": pypots.__version__}
 
 
 def write_test_files(data, layout, folder: Path) -> tuple[Path, Path]:

@@ -287,29 +287,15 @@ def phase_pypots(args) -> None:
     if args.pypots_path:
         sys.path.insert(0, args.pypots_path)
     torch.set_num_threads(args.threads)
-    from pypots.imputation import CSDI
+    from _pypots import train_pypots_csdi
 
     from sciffusion.domains.timeseries.series import SeriesWindows
 
     data, windows, stack = test_windows()
     train = SeriesWindows(data.train, data.normalizer, WINDOW, stride=1).stacked()
     x_train = np.where(train["observed_mask"].bool().numpy(), train["values"].numpy(), np.nan).transpose(0, 2, 1)
-    torch.manual_seed(0)
-    model = CSDI(n_steps=WINDOW, n_features=x_train.shape[2], n_layers=2, n_heads=4, n_channels=32, d_time_embedding=64,
-                 d_feature_embedding=16, d_diffusion_embedding=64, n_diffusion_steps=50, target_strategy="random",
-                 schedule="quad", beta_start=1e-4, beta_end=0.5, batch_size=16, epochs=1, device="cpu", verbose=False)
-    rng = np.random.default_rng(0)
-    start, steps = time.perf_counter(), 0
-    order = rng.permutation(len(x_train))
-    cursor = 0
-    while time.perf_counter() - start < args.budget_min * 60:
-        if cursor + args.pypots_chunk > len(order):
-            order, cursor = rng.permutation(len(x_train)), 0
-        rows = order[cursor:cursor + args.pypots_chunk]
-        cursor += args.pypots_chunk
-        model.fit({"X": x_train[rows]})
-        steps += int(np.ceil(len(rows) / 16))
-    train_seconds = time.perf_counter() - start
+    model, trained = train_pypots_csdi(x_train, args.budget_min, args.pypots_chunk)
+    train_seconds, steps = trained["train_seconds"], trained["train_steps"]
     print(f"pypots trained {steps} steps in {train_seconds:.0f} s", flush=True)
     rows = args.compare
     x_test = np.where(stack["cond_mask"][rows].bool().numpy(), stack["values"][rows].numpy(), np.nan).transpose(0, 2, 1)
