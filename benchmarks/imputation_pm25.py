@@ -329,6 +329,8 @@ def phase_calibration(args) -> None:
     from sciffusion.domains.timeseries.domain import SeriesMeta, calibrate_on_input, impute_series
     from sciffusion.domains.timeseries.metrics import summary
 
+    if (Path(args.work) / "calibration.json").is_file():  # resumed: keep what was measured
+        return
     torch.set_num_threads(args.threads)
     data = load_pm25(DATA)
     run = load_run(args.run_dir, device="cpu")
@@ -382,6 +384,12 @@ def update_published_calibration(args) -> None:
     cal["provenance"] = {"date": time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime()),
                          "git_commit": versions(())["git_commit"], "model_note": args.calibration_note}
     published.setdefault("results", {})["calibration_full_test"] = cal
+    published.setdefault("earlier_phases", {k: published[k] for k in ("date", "machine", "versions")})
+    settings = published.setdefault("settings", {})
+    if "coverage_bars_from" in settings and "uncalibrated_coverage_from" not in settings:
+        settings["uncalibrated_coverage_from"] = settings["coverage_bars_from"]
+    settings["coverage_bars_from"] = ("results.calibration_full_test: the calibrated fast solver on the whole test "
+                                      "set, with its own model (see its provenance)")
     new = calibration_bars(cal)
     names = [b["name"] for b in published["bars"]]
     at = names.index("coverage90_min") if "coverage90_min" in names else len(names)  # where the report puts them
