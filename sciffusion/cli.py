@@ -86,6 +86,10 @@ def _add_sampling_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--length", type=positive_int, help="size of every sample, for domains whose samples vary in size "
                                                        "(atoms of a molecule, residues of a backbone; default: drawn "
                                                        "from the training data)")
+    g.add_argument("--composition", help="crystals: every sample has this composition, e.g. SrTiO3 (structure "
+                                         "prediction); default: drawn by the model")
+    g.add_argument("--motif", help="proteins: FILE.pdb:A10-25[,A40-45] motif residues kept fixed while the scaffold "
+                                   "is generated around them")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where to run the model")
 
 

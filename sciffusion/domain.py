@@ -89,6 +89,7 @@ class Domain:
     extra_sections: dict[str, type] = {}
     variable_size: bool = False  # samples vary in size: the sampling commands take --length
     scores_against_truth: bool = False  # `evaluate --input --truth` scores an imputation of a user's file
+    sampling_options: tuple[str, ...] = ()  # domain-specific sampling options it reads: "composition", "motif"
 
     def check_sampling_args(self, args: argparse.Namespace) -> None:
         """Refuse sampling options this domain does not use (one line, exit code 2)."""
@@ -96,6 +97,9 @@ class Domain:
             raise DomainError(f"--length: samples of domain '{self.name}' have a fixed size")
         if getattr(args, "truth", None) is not None and not self.scores_against_truth:
             raise DomainError(f"--input/--truth: domain '{self.name}' does not impute user files")
+        for option in ("composition", "motif"):
+            if getattr(args, option, None) is not None and option not in self.sampling_options:
+                raise DomainError(f"--{option}: domain '{self.name}' does not take it")
 
     def setup(self, cfg: Config) -> TrainSetup:
         """Build the training data and the model from a validated config."""
