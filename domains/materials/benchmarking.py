@@ -44,14 +44,18 @@ def evaluate_csp(model: DiffusionModel, meta: TrainingMeta, test: CrystalTable, 
         predictions[int(rows[k // samples_per_composition])][k % samples_per_composition] = crystal.structure()
     targets = [test.structure(i) for i in range(len(test))]
     metrics = csp_match(predictions, targets, workers=workers)
+    for key in ("rmse_per_target_1", "rmse_per_target_k"):
+        metrics.pop(key)
     return {"test_crystals": len(test), "unrepresentable_test_crystals": int((~ok).sum()),
             "samples_per_composition": samples_per_composition, **metrics,
             "sampling_seconds": seconds, "structures_per_second": len(crystals) / max(seconds, 1e-9)}
 
 
 def evaluate_denovo(model: DiffusionModel, meta: TrainingMeta, test: CrystalTable, n: int,
-                    solver: str | dict[str, str], steps: int, seed: int, batch_size: int) -> dict[str, Any]:
-    """CDVAE's de novo metrics of ``n`` samples (atom counts from the training histogram) against the test crystals."""
+                    solver: str | dict[str, str], steps: int, seed: int, batch_size: int, workers: int = 1,
+                    reference_fingerprints: Any = None) -> dict[str, Any]:
+    """CDVAE's de novo metrics of ``n`` samples (atom counts from the training histogram) against the test crystals
+    (``reference_fingerprints``: :func:`~sciffusion.domains.materials.metrics.fingerprints` of them, to reuse)."""
     from sciffusion.domains.materials.metrics import denovo_metrics
 
     hist = np.asarray(meta.size_histogram, dtype=float)
@@ -61,5 +65,6 @@ def evaluate_denovo(model: DiffusionModel, meta: TrainingMeta, test: CrystalTabl
     seconds = time.perf_counter() - start
     generated = [c.structure() for c in crystals]
     reference = [test.structure(i) for i in range(len(test))]
-    return {"samples": n, **denovo_metrics(generated, reference), "sampling_seconds": seconds,
+    metrics = denovo_metrics(generated, reference, workers=workers, reference_fingerprints=reference_fingerprints)
+    return {"samples": n, **metrics, "sampling_seconds": seconds,
             "structures_per_second": n / max(seconds, 1e-9)}

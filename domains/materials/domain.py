@@ -409,26 +409,24 @@ def plot_cells(path: Path, structures: Sequence[Any], titles: Sequence[str], cou
     plt.close(fig)
 
 
-def write_crystals(out: Path, structures: Sequence[Any], rows: list[dict[str, Any]], extra: dict[Path, Any] | None = None) -> None:
+def write_crystals(out: Path, structures: Sequence[Any], rows: list[dict[str, Any]]) -> None:
     """``out/`` with one CIF per crystal (``crystal_0000.cif``; pymatgen's writer, symmetrised by spglib at 0.1 A),
-    ``summary.csv`` and ``cells.png``, published together (nothing half-written on failure)."""
+    ``summary.csv`` and ``cells.png``, published together (on failure nothing is left half-written)."""
     if not rows:
         raise ValueError("no crystals to write")
-    extra = extra or {}
-    with publish_together([out, *extra]) as (folder, *more):
-        for temp, write in zip(more, extra.values()):
-            write(temp)
-        folder.mkdir(parents=True)
-        for row, structure in zip(rows, structures):
-            row["cif"] = f"crystal_{row['index']:04d}.cif" if structure is not None else ""
-            if structure is not None:
-                write_cif(folder / row["cif"], structure)
+    for row, structure in zip(rows, structures):
+        row["cif"] = f"crystal_{row['index']:04d}.cif" if structure is not None else ""
+    written = [(row["cif"], structure) for row, structure in zip(rows, structures) if structure is not None]
+    paths = [out / "summary.csv", out / "cells.png", *(out / name for name, _ in written)]
+    with publish_together(paths) as (summary, png, *cifs):
+        for temp, (_, structure) in zip(cifs, written):
+            write_cif(temp, structure)
         buffer = io.StringIO()
         writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-        (folder / "summary.csv").write_text(buffer.getvalue())
-        plot_cells(folder / "cells.png", structures, [f"{r['formula']} {r['space_group']}" for r in rows])
+        summary.write_text(buffer.getvalue())
+        plot_cells(png, structures, [f"{r['formula']} {r['space_group']}" for r in rows])
 
 
 # ------------------------------------------------------------------------------------------------
@@ -545,7 +543,8 @@ class MaterialsDomain(Domain):
             metrics = evaluate_csp(run.model, meta, test, settings.samples_per_composition, sc.solver, sc.steps,
                                    sc.seed, sc.batch_size, settings.workers)
         else:
-            metrics = evaluate_denovo(run.model, meta, test, sc.n, sc.solver, sc.steps, sc.seed, sc.batch_size)
+            metrics = evaluate_denovo(run.model, meta, test, sc.n, sc.solver, sc.steps, sc.seed, sc.batch_size,
+                                      settings.workers)
         return {"task": task.kind, "solver": sc.solver, "steps": sc.steps, **metrics}
 
     def design(self, run: Run, args: argparse.Namespace, targets: dict[str, float]) -> None:
