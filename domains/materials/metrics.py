@@ -405,6 +405,9 @@ def fingerprints(structures: Sequence[Structure | None], workers: int = 1
 
 @functools.lru_cache(maxsize=1)
 def _comp_scaler() -> tuple[np.ndarray, np.ndarray]:
+    if not SCALER_PATH.exists():
+        raise FileNotFoundError(f"CDVAE's composition scaler {SCALER_PATH} is missing: an install that left out the "
+                                f"package's data files (package-data '*.json' of sciffusion.domains.materials)")
     data = json.loads(SCALER_PATH.read_text())
     return np.asarray(data["means"], dtype=float), np.asarray(data["stds"], dtype=float)
 
