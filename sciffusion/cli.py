@@ -195,8 +195,8 @@ def _cmd_sample(args: argparse.Namespace) -> int:
 def _cmd_design(args: argparse.Namespace) -> int:
     from sciffusion.domain import load_run
 
-    if not args.target:
-        raise ValueError("design needs at least one --target NAME=VALUE")
+    if not args.target and getattr(args, "motif", None) is None:
+        raise ValueError("design needs at least one --target NAME=VALUE (or a --motif, for domains that scaffold motifs)")
     names = [name for name, _ in args.target]
     if len(set(names)) != len(names):
         raise ValueError(f"--target names a property more than once: {', '.join(names)}")
