@@ -7,7 +7,7 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import Tensor
 
-from sciffusion.processes import GaussianProcess, Prediction, Process
+from sciffusion.processes import GaussianProcess, Prediction, Process, TorusProcess, per_sample
 from sciffusion.registry import GUIDANCE
 
 State = dict[str, Tensor]
@@ -76,17 +76,23 @@ GUIDANCE.register("gradient", help="gradient of a differentiable loss of the pre
 def apply_gradient_guidance(denoise: Callable[..., dict[str, Any]], guides: Sequence[GradientGuidance],
                             processes: dict[str, Process], index: Index | None = None) -> Callable[..., dict[str, Any]]:
     """Wrap a denoiser ``(x, t, path) -> {field: prediction}`` so that its predictions include every gradient
-    guidance term. Only Gaussian fields can be steered (the shift is one of the score); naming another field
+    guidance term. Gaussian fields are steered through the score (or the clean estimate); torus fields (fractional
+    coordinates) through their clean estimate only (``through_model=False``): the step ``-scale * v * grad`` with
+    ``v`` the process's :meth:`~sciffusion.processes.torus.TorusProcess.posterior_variance`. Naming another field
     in ``GradientGuidance.fields`` is an error."""
     if not guides:
         return denoise
     index = index or {}
     gaussian = [name for name, proc in processes.items() if isinstance(proc, GaussianProcess)]
+    torus = [name for name, proc in processes.items() if isinstance(proc, TorusProcess)]
     for g in guides:
         for name in g.fields or ():
-            if name not in gaussian:
+            if name in torus and g.through_model:
+                raise ValueError(f"gradient guidance steers the torus field '{name}' through its clean estimate only: "
+                                 "use through_model=False")
+            if name not in gaussian and name not in torus:
                 kind = type(processes[name]).__name__ if name in processes else "not a field"
-                raise ValueError(f"gradient guidance can steer Gaussian fields only; '{name}' is {kind}")
+                raise ValueError(f"gradient guidance can steer Gaussian and torus fields only; '{name}' is {kind}")
 
     def guided(x: State, t: Tensor, path: dict[str, Any] | None = None) -> dict[str, Any]:
         alpha_sigma = {}
@@ -95,6 +101,8 @@ def apply_gradient_guidance(denoise: Callable[..., dict[str, Any]], guides: Sequ
             alpha_sigma[name] = (c.alpha, c.sigma)
         # posterior covariance of x0 under a unit-variance Gaussian prior, per field (see GradientGuidance)
         cov = {name: s**2 / (a**2 + s**2) for name, (a, s) in alpha_sigma.items()}
+        for name in torus:
+            cov[name] = per_sample(processes[name].posterior_variance(t), x[name], index.get(name))
         with torch.enable_grad():
             x_in = {k: v.detach().requires_grad_(True) if k in gaussian else v for k, v in x.items()}
             pred = denoise(x_in, t, path) if any(g.through_model for g in guides) else None
@@ -103,9 +111,9 @@ def apply_gradient_guidance(denoise: Callable[..., dict[str, Any]], guides: Sequ
                     pred = denoise(x, t, path)
             estimates = {k: processes[k].x0_estimate(p) for k, p in pred.items()}
             grad_xt: dict[str, Tensor] = {k: torch.zeros_like(x[k]) for k in gaussian}  # scale * d loss / d x_t
-            shift_x0: dict[str, Tensor] = {k: torch.zeros_like(x[k]) for k in gaussian}  # x0-only corrections
+            shift_x0: dict[str, Tensor] = {k: torch.zeros_like(x[k]) for k in (*gaussian, *torus)}  # x0-only corrections
             for g in guides:
-                names = list(g.fields or gaussian)
+                names = list(g.fields or (gaussian if g.through_model else (*gaussian, *torus)))
                 if g.through_model:
                     loss = g.loss_fn(estimates, x_in, t, index).sum()
                     gs = torch.autograd.grad(loss, [x_in[n] for n in names], allow_unused=True, retain_graph=True)
@@ -125,6 +133,8 @@ def apply_gradient_guidance(denoise: Callable[..., dict[str, Any]], guides: Sequ
                             shift_x0[n] = shift_x0[n] + step
                             x0_k[n] = x0_k[n] + step
         out: dict[str, Any] = dict(pred)
+        for name in torus:
+            out[name] = processes[name].shift_x0(pred[name], shift_x0[name].detach())
         for name in gaussian:
             p = pred[name]
             a, s = alpha_sigma[name]

@@ -171,6 +171,19 @@ class TorusProcess(Process):
         """Mean squared error per entry (shaped like the field) against the target ``aux`` from :meth:`corrupt`."""
         return (out - aux) ** 2
 
+    def posterior_variance(self, t: Tensor) -> Tensor:
+        """A per-coordinate scale ``(B,)`` of the spread of the clean sample given ``x_t``, used by gradient guidance
+        to size its steps (as ``sigma^2 / (alpha^2 + sigma^2)`` for Gaussian fields): the variance of the
+        corruption's displacement, capped at ``1/12``, that of a uniform coordinate."""
+        raise NotImplementedError
+
+    def shift_x0(self, pred: TorusPrediction, shift: Tensor) -> TorusPrediction:
+        """The prediction whose clean estimate is moved by ``shift`` (shaped like the field) in the covering space:
+        ``value + shift / x0_coef`` (where ``x0_coef`` is 0, at ``t = 0``, nothing moves)."""
+        coef = pred.x0_coef.expand_as(pred.value)
+        moved = torch.where(coef != 0, pred.value + shift / torch.where(coef != 0, coef, torch.ones_like(coef)), pred.value)
+        return TorusPrediction(moved, pred.x_t, pred.x0_coef)
+
 
 class WrappedNormalProcess(TorusProcess):
     """Wrapped normal score diffusion on the torus (DiffCSP, Jiao et al. 2023; MatterGen, Zeni et al. 2025).
@@ -238,6 +251,10 @@ class WrappedNormalProcess(TorusProcess):
         score = out * per_sample(self.score_scale(t), x_t, index)
         return TorusPrediction(score, x_t, per_sample(self.sigma(t) ** 2, x_t, index))
 
+    def posterior_variance(self, t: Tensor) -> Tensor:
+        """``min(sigma(t)^2, 1/12)`` ``(B,)``."""
+        return self.sigma(t).clamp(max=12 ** -0.5).to(t.dtype if t.is_floating_point() else torch.float32) ** 2
+
     def noised_known(self, x0: Tensor, t: Tensor, generator: torch.Generator | None, index: Tensor | None = None) -> Tensor:
         """``wrap(x0 + sigma(t) z)``, ``z`` standard normal drawn on the CPU."""
         z = torch.randn(x0.shape, generator=generator, dtype=x0.dtype).to(x0.device)
@@ -281,6 +298,10 @@ class TorusFlowProcess(TorusProcess):
     def predict(self, out: Tensor, x_t: Tensor, t: Tensor, index: Tensor | None = None, path: None = None) -> TorusPrediction:
         """The network predicts the velocity; clean estimate ``x_t - t v`` (no path table: ``path`` is unused)."""
         return TorusPrediction(out, x_t, -per_sample(t, x_t, index))
+
+    def posterior_variance(self, t: Tensor) -> Tensor:
+        """``t^2 / 12`` ``(B,)``: the variance of ``t delta`` for ``delta`` uniform on ``[-1/2, 1/2)``."""
+        return t.clamp(0, 1) ** 2 / 12
 
     def noised_known(self, x0: Tensor, t: Tensor, generator: torch.Generator | None, index: Tensor | None = None) -> Tensor:
         """``wrap(x0 + t delta)``, ``delta`` uniform on ``[-1/2, 1/2)^d`` drawn on the CPU."""
