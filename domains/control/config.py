@@ -12,8 +12,9 @@ from typing import Literal
 from sciffusion.config import FieldError
 
 from .maze import MAZES
+from .ogbench_env import OGBENCH_DATASETS
 
-ENV_NAMES = (*MAZES, "pusht")
+ENV_NAMES = (*MAZES, "pusht", *OGBENCH_DATASETS)
 
 
 @dataclass
@@ -21,12 +22,15 @@ class ControlData:
     """Where the offline data comes from.
 
     Attributes:
-        env: ``pointmaze-umaze`` | ``pointmaze-medium`` | ``pointmaze-large`` | ``pusht``.
+        env: ``pointmaze-umaze`` | ``pointmaze-medium`` | ``pointmaze-large`` | ``pusht`` | an OGBench data set
+            ``pointmaze-{medium,large,giant}-{navigate,stitch}-v0``.
         path: data file. PointMaze: a ``.npz`` written by the generator (with its ``.json``); null =
-            generate. Push-T: ``pusht_lowdim.npz``; null = ``../shared/data/planning/pusht/pusht_lowdim.npz``.
+            generate. OGBench: the data set's ``.npz`` (its ``-val.npz`` beside it); null = generate.
+            Push-T: ``pusht_lowdim.npz``; null = ``../shared/data/planning/pusht/pusht_lowdim.npz``.
         generate_steps: PointMaze steps to generate when ``path`` is null.
         generate_seed: seed of the generator.
-        cache: where generated data is cached (default ``data_cache/<env>-<steps>-s<seed>``).
+        cache: where generated data is cached (default ``data_cache/<env>-<steps>-s<seed>``; OGBench: a
+            folder, default ``data_cache/ogbench/<env>-s<seed>``).
         normalizer: ``limits`` (to [-1, 1]) | ``gaussian`` | ``identity``.
     """
 

@@ -16,6 +16,7 @@ import argparse
 import dataclasses
 import json
 import time
+from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
@@ -55,6 +56,8 @@ from .datasets import (
 )
 from .evaluation import BCAgent, PlannerAgent, run_maze_episodes, summarize
 from .maze import MAZES, ControlConfigError, get_maze
+from .ogbench_env import OGBENCH_DATASETS, STATE_DIM as OGBENCH_STATE_DIM
+from .ogbench_eval import OGBenchEval, add_data_command, ogbench_setup
 from .plots import frame_strip, maze_rollout_gif, plot_maze_paths, write_gif
 from .pusht import evaluate_pusht, pusht_features, pusht_obs_dim
 
@@ -160,6 +163,8 @@ def policy_observations(cfg: Config) -> tuple[np.ndarray, np.ndarray, np.ndarray
 
 
 def observation_dim(cfg: Config) -> int:
+    if cfg.data.env in OGBENCH_DATASETS:
+        return 2 * OGBENCH_STATE_DIM  # position and goal position
     return pusht_obs_dim(cfg.section("task").obs) if cfg.data.env == "pusht" else MAZE_STATE_DIM + MAZE_GOAL_DIM
 
 
@@ -183,14 +188,15 @@ def _check_horizon(cfg: Config, horizon: int, key: str) -> None:
 
 def trajectory_spec(cfg: Config) -> TrajectorySpec:
     task: TaskConfig = cfg.section("task")
-    return TrajectorySpec(MAZE_STATE_DIM, MAZE_ACTION_DIM if task.use_actions else 0, task.horizon, task.stride)
+    state_dim = OGBENCH_STATE_DIM if cfg.data.env in OGBENCH_DATASETS else MAZE_STATE_DIM
+    return TrajectorySpec(state_dim, MAZE_ACTION_DIM if task.use_actions else 0, task.horizon, task.stride)
 
 
 @DOMAINS.register("control", help="trajectory planning (Diffuser) and Diffusion Policy: PointMaze (generated data), Push-T")
 class ControlDomain(Domain):
     name = "control"
     data_config = ControlData
-    extra_sections: ClassVar[dict[str, type]] = {"task": TaskConfig, "control": ControlEval}
+    extra_sections: ClassVar[dict[str, type]] = {"task": TaskConfig, "control": ControlEval, "ogbench": OGBenchEval}
 
     # -- models -------------------------------------------------------------------------------
     def build_model(self, cfg: Config) -> nn.Module:
@@ -211,7 +217,7 @@ class ControlDomain(Domain):
             diffusion = diffusion_model_from_config(net, {"action": cfg.process.build()}, cfg.loss)
             return DiffusionPolicy(diffusion, obs_dim, act_dim, task.obs_horizon, task.pred_horizon, task.action_horizon,
                                    clip_x0=1.0 if cfg.data.normalizer == "limits" else None)
-        if env not in MAZES:
+        if env not in MAZES and env not in OGBENCH_DATASETS:
             raise ControlConfigError(f"task.kind 'planner' supports the PointMaze environments, not '{env}'")
         spec = trajectory_spec(cfg)
         cond_dims = {"returns": 1} if task.returns_condition else {}
@@ -230,6 +236,8 @@ class ControlDomain(Domain):
         task: TaskConfig = cfg.section("task")
         model = self.build_model(cfg)
         kind = cfg.data.normalizer
+        if cfg.data.env in OGBENCH_DATASETS:
+            return ogbench_setup(cfg, model, PlannerWindows)
         if task.kind == "planner":
             maze = get_maze(cfg.data.env)
             spec = trajectory_spec(cfg)
@@ -257,6 +265,8 @@ class ControlDomain(Domain):
     # -- evaluation -----------------------------------------------------------------------------
     def evaluate(self, run: Run, args: argparse.Namespace) -> dict[str, Any]:
         """Closed-loop metrics of a run (``--episodes`` overrides ``control.episodes``)."""
+        if run.config.data.env in OGBENCH_DATASETS:
+            return _evaluate_ogbench(run, args, run.run_dir / "eval")
         control: ControlEval = run.config.section("control")
         episodes = getattr(args, "episodes", None)
         episodes = control.episodes if episodes is None else episodes
@@ -301,8 +311,13 @@ class ControlDomain(Domain):
                                   description="Plan and execute episodes with a trained planner run; writes metrics, "
                                               "a planned-vs-executed plot and optionally a GIF.")
         p.add_argument("run_dir", help="planner run folder written by `sciffusion train`")
-        p.add_argument("--env", help="environment (must be the one the run was trained on), e.g. pointmaze-medium")
-        p.add_argument("--episodes", type=positive_int, help="episodes (default: control.episodes)")
+        p.add_argument("--env", help="environment (must be the one the run was trained on), e.g. pointmaze-medium or "
+                                     "pointmaze-large-v0 (OGBench)")
+        p.add_argument("--episodes", type=positive_int, help="episodes (default: control.episodes; OGBench: per task, "
+                                                             "default ogbench.episodes)")
+        p.add_argument("--task", help="OGBench evaluation task(s): 3, 1,4 or 1..5 (default: ogbench.tasks)")
+        p.add_argument("--no-waypoints", action="store_true", dest="no_waypoints",
+                       help="OGBench: pin every plan to the goal itself (no waypoints on the data's state graph)")
         p.add_argument("--mode", choices=["open_loop", "receding"], help="plan once and track, or replan")
         p.add_argument("--replan-every", type=positive_int, dest="replan_every", help="steps between replans (receding)")
         p.add_argument("--solver", help="sampling solver (default: sample.solver)")
@@ -312,6 +327,7 @@ class ControlDomain(Domain):
         p.add_argument("--out", help="output folder for paths.png and plan_metrics.json (default: RUN_DIR/plans)")
         p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
         p.set_defaults(func=_cmd_plan)
+        add_data_command(subparsers)
 
 
 # ------------------------------------------------------------------------------------ helpers
@@ -428,6 +444,10 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     task: TaskConfig = run.config.section("task")
     if task.kind != "planner":
         raise DomainError(f"{args.run_dir} trains a '{task.kind}'; 'plan' needs a planner (use 'sciffusion evaluate')")
+    if run.config.data.env in OGBENCH_DATASETS:
+        return _plan_ogbench(run, args)
+    if args.task is not None or args.no_waypoints:
+        raise ControlConfigError("--task and --no-waypoints apply to OGBench runs only")
     if args.env is not None:
         get_maze(args.env)
         if args.env != run.config.data.env:
@@ -448,6 +468,47 @@ def _cmd_plan(args: argparse.Namespace) -> int:
             plans = res.get("plans")
             maze_rollout_gif(maze, res["paths"][0], None if plans is None else plans[0], res["goals"][0], temps[2],
                              region=control.forbidden)
+    print(json.dumps(metrics, indent=2))
+    print(f"wrote {out / 'paths.png'}" + (f" and {args.render}" if args.render else ""))
+    return 0
+
+
+def _evaluate_ogbench(run: Run, args: argparse.Namespace, out: Path) -> dict[str, Any]:
+    """OGBench evaluation of a run (planner or GCBC): metrics + ``paths.png`` under ``out``."""
+    from .ogbench_eval import evaluate_model, parse_tasks, plot_paths
+
+    metrics, raw, agent = evaluate_model(run.model, run.config, parse_tasks(getattr(args, "task", None)),
+                                         getattr(args, "episodes", None), getattr(args, "seed", None),
+                                         getattr(args, "solver", None), getattr(args, "steps", None),
+                                         False if getattr(args, "no_waypoints", False) else None)
+    metrics["paths_plot"] = str(plot_paths(metrics["env"], raw, out / "paths.png"))
+    metrics["step"] = run.step
+    return metrics
+
+
+def _plan_ogbench(run: Run, args: argparse.Namespace) -> int:
+    """``sciffusion plan`` on an OGBench run: the evaluation tasks, ``paths.png``, ``plan_metrics.json``, a GIF."""
+    from .ogbench_env import check_env_id, dataset_spec
+    from .ogbench_eval import evaluate_model, parse_tasks, plot_paths, rollout_gif
+
+    env_id = dataset_spec(run.config.data.env).env_id
+    if args.env is not None and check_env_id(args.env) != env_id:
+        raise ControlConfigError(f"{args.run_dir} was trained on '{run.config.data.env}' ({env_id}), not '{args.env}'")
+    tasks = parse_tasks(args.task)
+    out = run.output_dir(args, "plans")
+    render = check_file(args.render, "--render", (".gif",)) if args.render else None
+    targets = [out / "paths.png", out / "plan_metrics.json"] + ([render] if render is not None else [])
+    metrics, raw, _ = evaluate_model(run.model, run.config, tasks, args.episodes, args.seed, args.solver, args.steps,
+                                     False if args.no_waypoints else None)
+    metrics["step"] = run.step
+    with publish_together(targets) as temps:
+        plot_paths(env_id, raw, temps[0])
+        write_json_atomic(temps[1], metrics)
+        if render is not None:
+            first = raw[next(iter(raw))]
+            end = int(first["steps"][0]) + 1
+            rollout_gif(env_id, first["paths"][0, :end], first["goals"][0], temps[2],
+                        None if first.get("plans") is None else first["plans"][0])
     print(json.dumps(metrics, indent=2))
     print(f"wrote {out / 'paths.png'}" + (f" and {args.render}" if args.render else ""))
     return 0
