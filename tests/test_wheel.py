@@ -65,3 +65,6 @@ def test_the_wheel_has_every_package_and_domain(wheel_env: Path, tmp_path: Path)
         row = next(line for line in domains if line.split()[0] == name)
         assert "unavailable" not in row, row
     assert any(line.split()[:1] == ["unet2d"] for line in lines)  # a domain's net, registered from the wheel
+    data = _run(wheel_env, "-c", "import importlib.resources as r; print(r.files('sciffusion.domains.materials')"
+                ".joinpath('cdvae_comp_scaler.json').is_file())", cwd=tmp_path)
+    assert data.stdout.strip() == "True", data.stderr[-2000:]  # package data (CDVAE's scaler) ships in the wheel
