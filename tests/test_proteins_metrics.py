@@ -100,3 +100,21 @@ def test_natural_reference_row_on_shared_structures() -> None:
     assert summary["ca_ca_within_0p1"] > 0.95 and summary["clash_rate"] < 0.01
     assert summary["ss_fraction"] > 0.4 and 0.8 < summary["rg_ratio_natural"] < 1.3
     assert summary["mean_pairwise_tm"] < 0.5 and summary["clusters"] >= 6
+
+
+def test_soft_secondary_structure_proxies() -> None:
+    """The guidance's differentiable helix / strand indicators: an ideal helix reads as helix, an extended chain
+    (CA-CA-CA 120 degrees, 6.6 A for i, i+2) as strand, per chain of a ragged batch."""
+    import torch
+
+    from sciffusion.domains.proteins.domain import soft_secondary_structure
+
+    helix = torch.from_numpy(helix_ca(20))
+    k = torch.arange(20, dtype=torch.float64)
+    strand = torch.stack([3.3 * k, 1.9 * (k % 2), torch.zeros(20, dtype=torch.float64)], dim=1)  # zig-zag, CA-CA 3.8
+    ca = torch.cat([helix, strand])
+    index = torch.tensor([0] * 20 + [1] * 20)
+    h, e, valid = soft_secondary_structure(ca, index)
+    assert valid.sum() == 34 and not valid[17:20].any()  # i + 3 must stay in the chain
+    assert float(h[:17].min()) > 0.95 and float(e[:17].max()) < 0.01
+    assert float(e[20:37].min()) > 0.9 and float(h[20:37].max()) < 0.01

@@ -319,14 +319,15 @@ def atoms_of(rots: np.ndarray, trans_angstrom: np.ndarray) -> np.ndarray:
 # ------------------------------------------------------------------------------------------------
 # Guidance toward secondary structure or radius of gyration
 # ------------------------------------------------------------------------------------------------
-HELIX_I3, STRAND_I2, STRAND_I3, SOFT_WIDTH = 6.0, 6.2, 8.5, 0.3
+HELIX_I3, STRAND_I2, STRAND_I3, SOFT_WIDTH = 6.0, 6.0, 8.5, 0.2
 
 
 def soft_secondary_structure(ca: Tensor, index: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """Differentiable per-residue helix and strand indicators from CA geometry (Angstrom) ``(N, 3)``: helix where
-    ``|CA_i - CA_i+3|`` is below 6.0 A (a helix has 5.0-5.4), strand where ``|CA_i - CA_i+2|`` is above 6.2 A and
-    ``|CA_i - CA_i+3|`` above 8.5 A (extended; a beta strand has about 6.6 and 10); returns both ``(N,)`` (0 where
-    ``i + 3`` leaves the chain) and the rows counted ``(N,)`` bool. Proxies: DSSP, from hydrogen bonds, judges."""
+    """Differentiable per-residue helix and strand indicators from CA geometry (Angstrom) ``(N, 3)``, rows of each
+    chain in order (``index`` ``(N,)``): helix where ``|CA_i - CA_i+3|`` is below 6.0 A (a helix has 5.0-5.4),
+    strand where ``|CA_i - CA_i+2|`` is above 6.0 A (helix 5.4-5.6, strand about 6.6) and ``|CA_i - CA_i+3|`` above
+    8.5 A (strand about 10); sigmoids of width 0.2 A. Returns both ``(N,)`` (0 where ``i + 3`` leaves the chain) and
+    the rows counted ``(N,)`` bool. Proxies: DSSP, from hydrogen bonds, is the judge."""
     n = len(ca)
     helix, strand = ca.new_zeros(n), ca.new_zeros(n)
     valid = torch.zeros(n, dtype=torch.bool, device=ca.device)
