@@ -262,6 +262,13 @@ def test_csp_train_sample_evaluate(tmp_path: Path, capsys: pytest.CaptureFixture
     assert all(r["atoms"] == "5" for r in rows) and (out / "cells.png").stat().st_size > 0
     back = canonical_structure(parse_cif((out / rows[0]["cif"]).read_text()))
     assert back.composition.reduced_formula == "SrTiO3"
+    guided = tmp_path / "guided"
+    assert main(["design", str(run), "--composition", "SrTiO3", "--n", "2", "--target", "chgnet_energy=-12",
+                 "--out", str(guided)]) == 0
+    with (guided / "summary.csv").open() as f:
+        designs = list(csv.DictReader(f))
+    assert [d["target_chgnet_energy"] for d in designs] == ["-12.0", "-12.0"]
+    assert all(np.isfinite(float(d["chgnet_energy_eV_per_atom"])) or d["chgnet_failure"] for d in designs)
     assert main(["evaluate", str(run)]) == 0
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["task"] == "csp" and metrics["test_crystals"] == 4
@@ -308,3 +315,35 @@ def test_perov5_reads_whole() -> None:
     assert len(table) == 3785 and skipped == {}
     assert set(table.sizes.tolist()) == {5}
     assert np.isfinite(table.properties["dir_gap"]).all()
+
+
+def test_chgnet_energy_loss_gradient_is_the_force() -> None:
+    """The guidance loss's gradient in fractional coordinates equals the finite-difference slope of CHGNet's total
+    energy (eV per unit fractional coordinate), and the loss is 0 below the target."""
+    from sciffusion.domains.materials.crystal import Standardiser
+    from sciffusion.domains.materials.guidance import chgnet_energy_loss
+    from sciffusion.domains.materials.oracle import chgnet_energies
+
+    pytest.importorskip("chgnet")
+    crystal = _srtio3(3.95)
+    crystal.translate_sites([1], [0.0, 0.0, 0.03], frac_coords=True)  # Ti off centre: a force along c
+    table, _ = from_structures([crystal])
+    norm = Standardiser.of(lattice_features(table.lengths, table.angles, table.sizes))
+    lattice = torch.from_numpy(norm.normalise(lattice_features(table.lengths, table.angles, table.sizes)))
+    frac = torch.from_numpy(table.frac_coords).requires_grad_(True)
+    species = [str(s.specie) for s in table.structure(0)]
+    index = torch.zeros(5, dtype=torch.long)
+    loss = chgnet_energy_loss(frac, lattice, index, species, norm.mean, norm.spread, target=-20.0, max_grad=1e9)
+    (grad,) = torch.autograd.grad(loss.sum(), frac)
+    ti = species.index("Ti")
+
+    def total_energy(dz: float) -> float:
+        moved = table.structure(0).copy()
+        moved.translate_sites([ti], [0.0, 0.0, dz], frac_coords=True)
+        return chgnet_energies([moved])[0].energy * 5
+
+    slope = (total_energy(1e-3) - total_energy(-1e-3)) / 2e-3
+    assert abs(float(grad[ti, 2]) - slope) < 0.05 * abs(slope) + 0.05, (float(grad[ti, 2]), slope)
+    assert float(loss[0]) == pytest.approx(5 * (chgnet_energies([table.structure(0)])[0].energy + 20.0), rel=1e-5)
+    below = chgnet_energy_loss(frac, lattice, index, species, norm.mean, norm.spread, target=5.0)
+    assert float(below[0]) == 0.0

@@ -19,7 +19,7 @@ import logging
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any, Literal, Sequence
+from typing import Any, Callable, Literal, Sequence
 
 import numpy as np
 import torch
@@ -53,6 +53,7 @@ from sciffusion.train.checkpoint import write_json_atomic
 log = logging.getLogger(__name__)
 
 META_FILE = "materials.json"  # what sampling needs of the training data, written next to the run's config
+ENERGY_TARGET = "chgnet_energy"  # design target: CHGNet energy per atom (eV/atom), reached by gradient guidance
 
 
 @dataclass
@@ -102,6 +103,20 @@ class MaterialsTask:
     ``kind: denovo`` generates atom types too (the atom count drawn from the training histogram)."""
 
     kind: Literal["csp", "denovo"] = "csp"
+
+
+@dataclass
+class MaterialsDesign:
+    """``design:`` section. ``energy_scale``: strength of the CHGNet energy guidance (``--target chgnet_energy=E``,
+    eV/atom: the coordinates are steered until CHGNet's energy is at or below ``E``); ``energy_substeps``: gradient
+    sub-steps per solver step."""
+
+    energy_scale: float = 0.05
+    energy_substeps: int = 2
+
+    def __post_init__(self) -> None:
+        if not (self.energy_scale > 0) or self.energy_substeps < 1:
+            raise ConfigError("'design': energy_scale > 0 and energy_substeps >= 1")
 
 
 @dataclass
@@ -321,9 +336,11 @@ def _atomic_number(symbol: str) -> int:
 def sample_crystals(model: DiffusionModel, meta: TrainingMeta, sizes: Sequence[int],
                     compositions: Sequence[Sequence[str]] | None, solver: str | dict[str, str], steps: int, seed: int,
                     batch_size: int, properties: torch.Tensor | None = None, guidance_scale: float = 1.0,
-                    gradient_guidance: tuple = (), progress: bool = False) -> list[SampledCrystal]:
+                    guides: Callable[[torch.Tensor | None], Sequence[Any]] | None = None,
+                    progress: bool = False) -> list[SampledCrystal]:
     """Crystals with ``sizes[i]`` atoms; ``compositions[i]`` (element symbols, one per atom) for structure prediction
-    (``None``: de novo, the model draws the types); ``properties`` ``(M, P)`` standardised conditions."""
+    (``None``: de novo, the model draws the types); ``properties`` ``(M, P)`` standardised conditions; ``guides``:
+    given a batch's atom types ``(N,)`` (``None`` de novo), its gradient guidance terms."""
     device = next(model.parameters()).device
     generator = torch.Generator().manual_seed(seed)
     generate_types = TYPES in model.processes
@@ -341,6 +358,7 @@ def sample_crystals(model: DiffusionModel, meta: TrainingMeta, sizes: Sequence[i
         if properties is not None:
             cond[PROPERTIES] = properties[start:start + batch_size].to(device)
         ragged = {FRAC: index, **({TYPES: index} if generate_types else {})}
+        gradient_guidance = tuple(guides(cond.get(TYPES))) if guides is not None else ()
         x = model.sample(shapes, cond=cond or None, solver=solver, steps=steps, generator=generator, index=ragged,
                          guidance_scale=guidance_scale, gradient_guidance=gradient_guidance, progress=progress)
         raw = meta.lattice.denormalise(x[LATTICE].double().cpu().numpy())
@@ -438,7 +456,7 @@ def write_crystals(out: Path, structures: Sequence[Any], rows: list[dict[str, An
 class MaterialsDomain(Domain):
     name = "materials"
     data_config = MaterialsData
-    extra_sections = {"task": MaterialsTask, "evaluate": MaterialsEvaluate}
+    extra_sections = {"task": MaterialsTask, "evaluate": MaterialsEvaluate, "design": MaterialsDesign}
     variable_size = True  # --length: atoms per cell (de novo)
     sampling_options = ("composition",)
 
@@ -548,29 +566,52 @@ class MaterialsDomain(Domain):
         return {"task": task.kind, "solver": sc.solver, "steps": sc.steps, **metrics}
 
     def design(self, run: Run, args: argparse.Namespace, targets: dict[str, float]) -> None:
-        """``--target NAME=VALUE`` for every property the run is conditioned on (classifier-free guidance of
-        strength ``--guidance-scale``): ``--out DIR`` as ``sample`` writes, each row with its targets."""
+        """``--target NAME=VALUE`` for every property the run is conditioned on (classifier-free guidance of strength
+        ``--guidance-scale``) and / or ``--target chgnet_energy=E`` (eV/atom; gradient guidance of the coordinates by
+        CHGNet's forces until its energy is at or below ``E``, strength ``design.energy_scale``). ``--out DIR`` as
+        ``sample`` writes, each row with its targets and, with an energy target, its CHGNet energy."""
         sc = run.sample_config(args)
         meta = self.meta_of(run.run_dir)
         conditioned = list(run.config.data.properties)
         if getattr(args, "regressor", None) is not None:
             raise DomainError("--regressor: the materials domain designs with classifier-free guidance of a "
-                              "property-conditioned run")
-        if not conditioned:
-            raise DomainError("this run is unconditional: train one with data.properties=[dir_gap] (a CSV column)")
-        unknown = sorted(set(targets) - set(conditioned))
-        missing = sorted(set(conditioned) - set(targets))
-        if unknown or missing:
-            raise DomainError(f"give exactly one --target per conditioning property ({', '.join(conditioned)})"
-                              + (f"; unknown {', '.join(unknown)}" if unknown else "")
-                              + (f"; missing {', '.join(missing)}" if missing else ""))
+                              "property-conditioned run and with --target chgnet_energy=E")
+        properties_wanted = {k: v for k, v in targets.items() if k != ENERGY_TARGET}
+        energy_target = targets.get(ENERGY_TARGET)
+        unknown = sorted(set(properties_wanted) - set(conditioned))
+        missing = sorted(set(conditioned) - set(properties_wanted))
+        if unknown or (missing and properties_wanted) or (not conditioned and energy_target is None):
+            known = ", ".join([*conditioned, f"{ENERGY_TARGET} (CHGNet, eV/atom)"])
+            raise DomainError(f"design targets: {known}" + (f"; unknown {', '.join(unknown)}" if unknown else "")
+                              + (f"; missing {', '.join(missing)}" if missing and properties_wanted else ""))
+        if energy_target is not None and not -15.0 <= energy_target <= 5.0:
+            raise DomainError(f"--target {ENERGY_TARGET}={energy_target:g} is outside [-15, 5] eV/atom")
         out = run.output_dir(args, default="designs")
         sizes, compositions = self.compositions(run, args, meta, sc.n, sc.seed)
-        values = [float(meta.properties[name].normalise(np.array([targets[name]]))[0]) for name in conditioned]
-        properties = torch.tensor(values, dtype=torch.float32).expand(sc.n, len(values)).contiguous()
+        properties = None
+        if properties_wanted:
+            values = [float(meta.properties[name].normalise(np.array([targets[name]]))[0]) for name in conditioned]
+            properties = torch.tensor(values, dtype=torch.float32).expand(sc.n, len(values)).contiguous()
+        guides = None
+        if energy_target is not None:
+            from sciffusion.domains.materials.guidance import chgnet_energy_guidance
+
+            settings: MaterialsDesign = run.config.section("design")
+            guides = lambda types: (chgnet_energy_guidance(  # noqa: E731
+                meta.elements, meta.lattice.mean, meta.lattice.spread, energy_target, settings.energy_scale, types,
+                settings.energy_substeps),)
         crystals = sample_crystals(run.model, meta, sizes, compositions, sc.solver, sc.steps, sc.seed, sc.batch_size,
-                                   properties=properties, guidance_scale=sc.guidance_scale)
+                                   properties=properties, guidance_scale=sc.guidance_scale, guides=guides)
         rows, structures = describe(crystals)
+        if energy_target is not None:
+            from sciffusion.domains.materials.oracle import chgnet_energies
+
+            scored = [i for i, s in enumerate(structures) if s is not None]
+            energies = dict(zip(scored, chgnet_energies([structures[i] for i in scored])))
+            for i, row in enumerate(rows):
+                result = energies.get(i)
+                row["chgnet_energy_eV_per_atom"] = result.energy if result is not None else float("nan")
+                row["chgnet_failure"] = ("degenerate cell" if result is None else result.reason)
         for row in rows:
             row.update({f"target_{name}": value for name, value in targets.items()})
         write_crystals(out, structures, rows)

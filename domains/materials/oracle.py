@@ -192,6 +192,34 @@ def chgnet_forces(structure: Structure, *, device: str = "cpu") -> tuple[float, 
     return energy, forces, stress
 
 
+def chgnet_energy_forces(structures: Sequence[Structure], *, batch_size: int = DEFAULT_BATCH_SIZE,
+                         device: str = "cpu") -> list[tuple[float, np.ndarray] | None]:
+    """CHGNet's ``(energy per atom eV/atom, forces (n, 3) eV/Angstrom)`` of each structure, predicted in batches
+    (gradient guidance calls it at every solver step); ``None`` for a structure CHGNet cannot take or a non-finite
+    prediction (a failing batch is retried one structure at a time)."""
+    model = load_chgnet(device)
+    out: list[tuple[float, np.ndarray] | None] = [None] * len(structures)
+    ready = [(i, graph) for i, graph in ((i, _graph(model, s)[0]) for i, s in enumerate(structures)) if graph is not None]
+
+    def predict(chunk: list[tuple[int, Any]]) -> None:
+        try:
+            with _quiet():
+                preds = model.predict_graph([g for _, g in chunk], task="ef", batch_size=len(chunk))
+        except Exception:  # noqa: BLE001 -- retried one by one below, a lone failure stays None
+            if len(chunk) > 1:
+                for item in chunk:
+                    predict([item])
+            return
+        for (i, _), pred in zip(chunk, [preds] if isinstance(preds, dict) else preds):
+            energy, forces = float(pred["e"]), np.asarray(pred["f"], dtype=float).reshape(-1, 3)
+            if math.isfinite(energy) and np.all(np.isfinite(forces)):
+                out[i] = (energy, forces)
+
+    for start in range(0, len(ready), batch_size):
+        predict(ready[start:start + batch_size])
+    return out
+
+
 def mattergen_reference(structure: Structure) -> Structure:
     """MatterGen's ``preprocess_structure``: the spglib-refined (symmetrised, default symprec 0.01 Angstrom)
     conventional cell, its primitive cell, LLL-reduced."""
