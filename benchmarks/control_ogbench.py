@@ -21,7 +21,10 @@ Writes ``benchmarks/results/control_ogbench.json`` (``--smoke``: the work folder
 from __future__ import annotations
 
 import argparse
+import datetime as dt
+import json
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -61,6 +64,13 @@ GCBC_OVERRIDES = ["task.kind=bc", "task.bc_hidden=512", "task.bc_layers=3", "tra
 SMOKE = {"data_episodes": 40, "train_steps": 20, "bc_steps": 20, "episodes": 2, "latency_repeats": 1}
 
 
+def git_commit() -> str | None:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip() or None
+    except OSError:
+        return None
+
+
 def train_run(config: Path, overrides: list[str], run_dir: Path) -> dict[str, Any]:
     cfg = load_config(config, [f"run_dir={run_dir}", "trainer.progress=false", *overrides])
     t0 = time.perf_counter()
@@ -93,6 +103,8 @@ def main() -> None:
     ap.add_argument("--work", default=None, help="runs and plots (default runs/bench_control_ogbench)")
     ap.add_argument("--results-dir", default=None)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--merge", action="store_true", help="keep the other data sets' entries of the existing results file "
+                                                          "(each entry records the command and commit that produced it)")
     ap.add_argument("--smoke", action="store_true", help=f"tiny settings in a temp folder: {SMOKE}")
     args = ap.parse_args()
     data_episodes, repeats = None, 5
@@ -105,6 +117,15 @@ def main() -> None:
     work = Path(args.work or (tempfile.mkdtemp(prefix="control_ogbench_smoke_") if args.smoke else ROOT / "runs/bench_control_ogbench"))
     results_dir = Path(args.results_dir or (work if args.smoke else RESULTS))
     results: dict[str, Any] = {}
+    old_file = results_dir / "control_ogbench.json"
+    if args.merge and old_file.exists():
+        old = json.loads(old_file.read_text())
+        results = {k: v for k, v in old["results"].items() if k not in args.datasets.split(",")}
+        for entry in results.values():
+            entry.setdefault("produced_by", {"date": old["date"], "git_commit": old["versions"].get("git_commit"),
+                                             "episodes_per_task": old["settings"]["episodes_per_task"]})
+    produced_by = {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "git_commit": git_commit(),
+                   "episodes_per_task": args.episodes, "command": " ".join(["python", *sys.argv])}
     for name in args.datasets.split(","):
         spec = dataset_spec(name)
         env_id = spec.env_id
@@ -121,7 +142,7 @@ def main() -> None:
         gcbc_train = train_run(config, common + GCBC_OVERRIDES + [f"trainer.max_steps={args.bc_steps}"], work / f"{name}_gcbc")
         planner, gcbc = load_run(work / f"{name}_planner", "cpu"), load_run(work / f"{name}_gcbc", "cpu")
         ev = planner.config.section("ogbench")
-        row: dict[str, Any] = {"data": data_info, "planner_training": planner_train, "gcbc_training": gcbc_train,
+        row: dict[str, Any] = {"produced_by": produced_by, "data": data_info, "planner_training": planner_train, "gcbc_training": gcbc_train,
                                "planner_settings": {"horizon": planner.model.spec.horizon, "stride": planner.model.spec.stride,
                                                     "solver": planner.config.sample.solver, "solver_steps": planner.config.sample.steps,
                                                     "replan_every": ev.replan_every, "reach": ev.reach, "lookahead": ev.lookahead,
@@ -161,7 +182,8 @@ def write(results: dict[str, Any], args: argparse.Namespace, direct_episodes: in
                      "note": "pointmaze-large-stitch-v0 not run"})
     return write_results("control_ogbench", {
         "settings": {
-            "datasets": list(results), "datasets_asked": args.datasets.split(","), "episodes_per_task": args.episodes, "episodes_per_task_direct": direct_episodes,
+            "datasets": list(results), "datasets_this_call": args.datasets.split(","), "episodes_per_task": args.episodes,
+            "episodes_per_task_direct": direct_episodes,
             "seed": args.seed, "tasks": "the package's five evaluation tasks per maze (env.unwrapped.task_infos)",
             "protocol": "OGBench: 1,000-step episodes (registered TimeLimit), success = within 1.0 of the goal, the episode "
                         "ends at success, success per task = fraction of its episodes, overall = mean over tasks; episode i "
@@ -175,8 +197,8 @@ def write(results: dict[str, Any], args: argparse.Namespace, direct_episodes: in
             "differences_from_protocol": [
                 "CPU budget: short training (planner and GCBC steps in results.<dataset>.*_training), versus OGBench's 1M "
                 "GCBC steps at batch 1024 and its 8 seeds; one training seed here",
-                "only the data sets in settings.datasets were run (giant and navigate not run at this budget)"]
-            + ([f"--episodes {args.episodes} per task instead of 50"] if args.episodes != 50 else []),
+                "only the data sets in settings.datasets were run (the others not at this budget)",
+                "episodes per task: results.<dataset>.produced_by.episodes_per_task (OGBench: 50)"],
             "torch_threads": args.threads,
             **({"smoke": SMOKE} if args.smoke else {}),
             "compute": "CPU only, 2 cores shared with other jobs"},

@@ -454,10 +454,12 @@ def add_data_command(subparsers: Any) -> None:
 
 
 def _cmd_data(args: Any) -> int:
+    from sciffusion.train.logs import stderr_is_terminal
+
     from .ogbench_data import generate_dataset, save_dataset
 
     dataset_spec(args.name)
-    train, val, settings = generate_dataset(args.name, args.seed, args.episodes, progress=True)
+    train, val, settings = generate_dataset(args.name, args.seed, args.episodes, progress=stderr_is_terminal())
     path = save_dataset(args.out, args.name, train, val, settings)
     print(f"wrote {path} ({len(train['observations'])} steps) and its -val split ({len(val['observations'])} steps)")
     return 0
