@@ -138,6 +138,8 @@ def main() -> None:
     ap.add_argument("--energy-scale", type=float, default=0.05)
     ap.add_argument("--energy-target", type=float, default=-15.0)
     ap.add_argument("--energy-steps", type=int, default=50)
+    ap.add_argument("--judge-crystals", type=int, default=0, help="train the judge on the first so many test cells "
+                                                                   "(0: all)")
     ap.add_argument("--results-dir", default=None)
     args = ap.parse_args()
     os.chdir(ROOT)
@@ -145,6 +147,8 @@ def main() -> None:
 
     data = load_config("configs/materials/perov5_design.yaml").data
     _, test = load_tables(data)
+    if args.judge_crystals:
+        test = test.subset(np.arange(min(args.judge_crystals, len(test))))
     judge, judge_mae = train_judge([test.structure(i) for i in range(len(test))], test.properties["heat_ref"])
     prop = property_part(args.design_run, args.targets, args.n, args.scales, judge)
     energy = energy_part(args.csp_run, args.energy_n, args.energy_scale, args.energy_target, args.energy_steps)
@@ -158,7 +162,8 @@ def main() -> None:
                   "cv5_mae": judge_mae, "test_std": float(np.std(test.properties["heat_ref"]))},
         "settings": {"targets": args.targets, "n": args.n, "cfg_scales": args.scales, "hit_tolerance": HIT_TOLERANCE,
                      "energy_n": args.energy_n, "energy_scale": args.energy_scale,
-                     "energy_target": args.energy_target, "energy_steps": args.energy_steps},
+                     "energy_target": args.energy_target, "energy_steps": args.energy_steps,
+                     "judge_crystals": args.judge_crystals or "all"},
         "property_guidance": prop, "energy_guidance": energy,
         "differences": ["no published Perov-5 anchor for property-guided design; the naive baseline is the same run's "
                         "unconditional samples", "CPU training budgets (see each run's step)"],

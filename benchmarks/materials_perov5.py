@@ -60,10 +60,12 @@ def train_budget(config: str, run_dir: str, minutes: float, overrides: list[str]
             "stopped": result.stopped, "seconds_this_call": time.perf_counter() - start}
 
 
-def csp_block(run_dir: str, samples: int, subset: int, workers: int) -> dict[str, Any]:
+def csp_block(run_dir: str, samples: int, subset: int, workers: int, test_crystals: int) -> dict[str, Any]:
     run = load_run(run_dir, device="cpu")
     meta = MaterialsDomain.meta_of(run.run_dir)
     _, test = load_tables(run.config.data)
+    if test_crystals:
+        test = test.subset(np.arange(min(test_crystals, len(test))))
     sc = run.sample_config()
     out: dict[str, Any] = {"run_step": run.step, "settings": {}}
     full = evaluate_csp(run.model, meta, test, samples, "euler", sc.steps, 0, sc.batch_size, workers)
@@ -75,7 +77,7 @@ def csp_block(run_dir: str, samples: int, subset: int, workers: int) -> dict[str
     return out
 
 
-def denovo_block(run_dir: str, n: int, chgnet_n: int, relax_steps: int, workers: int) -> dict[str, Any]:
+def denovo_block(run_dir: str, n: int, chgnet_n: int, relax_steps: int, workers: int, test_crystals: int) -> dict[str, Any]:
     from sciffusion.domains.materials.metrics import fingerprints, validity
     from sciffusion.domains.materials.oracle import chgnet_energies, relax
 
@@ -83,6 +85,8 @@ def denovo_block(run_dir: str, n: int, chgnet_n: int, relax_steps: int, workers:
     meta = MaterialsDomain.meta_of(run.run_dir)
     _, test = load_tables(run.config.data)
     sc = run.sample_config()
+    if test_crystals:
+        test = test.subset(np.arange(min(test_crystals, len(test))))
     out: dict[str, Any] = {"run_step": run.step, "settings": {}}
     reference = fingerprints([test.structure(i) for i in range(len(test))], workers)
     for steps in (sc.steps, 1000):
@@ -128,6 +132,7 @@ def main() -> None:
     ap.add_argument("--relax-steps", type=int, default=100)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--skip-denovo", action="store_true")
+    ap.add_argument("--test-crystals", type=int, default=0, help="score the first so many test cells (0: all 3,785)")
     ap.add_argument("--results-dir", default=None)
     args = ap.parse_args()
     os.chdir(ROOT)  # the configs' data paths are relative to the project root
@@ -137,9 +142,10 @@ def main() -> None:
         if not args.skip_denovo:
             training["denovo"] = train_budget("configs/materials/perov5_denovo.yaml", args.denovo_run,
                                               args.train_minutes, args.override)
-    csp = csp_block(args.csp_run, args.samples, args.subset, args.workers)
+    csp = csp_block(args.csp_run, args.samples, args.subset, args.workers, args.test_crystals)
     denovo = (None if args.skip_denovo else
-              denovo_block(args.denovo_run, args.denovo_n, args.chgnet_n, args.relax_steps, args.workers))
+              denovo_block(args.denovo_run, args.denovo_n, args.chgnet_n, args.relax_steps, args.workers,
+                           args.test_crystals))
     steps = load_run(args.csp_run, device="cpu").config.sample.steps
     full = csp["settings"][f"euler_{steps}_all"]
     subset = {k: v for k, v in csp["settings"].items() if "_first" in k}
@@ -156,7 +162,7 @@ def main() -> None:
         "data": DATA_NOTE,
         "settings": {"samples_per_composition": args.samples, "subset_for_1000_steps": args.subset,
                      "train_minutes": args.train_minutes, "denovo_n": args.denovo_n, "chgnet_n": args.chgnet_n,
-                     "relax_steps": args.relax_steps, "matcher": "StructureMatcher(stol=0.5, angle_tol=10, ltol=0.3)",
+                     "relax_steps": args.relax_steps, "test_crystals": args.test_crystals or "all", "matcher": "StructureMatcher(stol=0.5, angle_tol=10, ltol=0.3)",
                      "nfe": "Euler: one network evaluation per step for every field"},
         "training": training, "csp": csp, "denovo": denovo, "anchors": ANCHORS,
         "differences": [DATA_NOTE, "CPU budget per model (see training), DiffCSP trains ~1,000 epochs on a GPU",
