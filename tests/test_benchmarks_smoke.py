@@ -132,7 +132,7 @@ def test_materials_benchmarks_smoke(tmp_path: Path) -> None:
     assert main(["train", "configs/materials/perov5_csp.yaml", f"run_dir={csp}", *TINY_MATERIALS]) == 0
     assert main(["train", "configs/materials/perov5_design.yaml", f"run_dir={design}", *TINY_MATERIALS]) == 0
     run_benchmark("materials_perov5", tmp_path, "--reuse", "--csp-run", str(csp), "--denovo-run", str(design),
-                  "--samples", "2", "--subset", "3", "--test-crystals", "6", "--denovo-n", "8", "--chgnet-n", "2",
+                  "--samples", "2", "--multi-subset", "4", "--subset", "3", "--test-crystals", "6", "--denovo-n", "8", "--chgnet-n", "2",
                   "--relax-steps", "2", "--workers", "1")
     check_bars("materials_perov5", tmp_path)
     run_benchmark("materials_guided", tmp_path, "--design-run", str(design), "--csp-run", str(csp), "--targets", "1.0",
