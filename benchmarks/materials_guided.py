@@ -140,6 +140,7 @@ def main() -> None:
     ap.add_argument("--energy-steps", type=int, default=50)
     ap.add_argument("--judge-crystals", type=int, default=0, help="train the judge on the first so many test cells "
                                                                    "(0: all)")
+    ap.add_argument("--training-note", default="", help="how reused runs were trained (budget, machine), recorded")
     ap.add_argument("--results-dir", default=None)
     args = ap.parse_args()
     os.chdir(ROOT)
@@ -164,6 +165,7 @@ def main() -> None:
                      "energy_n": args.energy_n, "energy_scale": args.energy_scale,
                      "energy_target": args.energy_target, "energy_steps": args.energy_steps,
                      "judge_crystals": args.judge_crystals or "all"},
+        "training": {"design_run": args.design_run, "csp_run": args.csp_run, "note": args.training_note},
         "property_guidance": prop, "energy_guidance": energy,
         "differences": ["no published Perov-5 anchor for property-guided design; the naive baseline is the same run's "
                         "unconditional samples", "CPU training budgets (see each run's step)"],

@@ -144,6 +144,7 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--skip-denovo", action="store_true")
     ap.add_argument("--test-crystals", type=int, default=0, help="score the first so many test cells (0: all 3,785)")
+    ap.add_argument("--training-note", default="", help="how reused runs were trained (budget, machine), recorded")
     ap.add_argument("--results-dir", default=None)
     args = ap.parse_args()
     os.chdir(ROOT)  # the configs' data paths are relative to the project root
@@ -178,7 +179,8 @@ def main() -> None:
                      "train_minutes": args.train_minutes, "denovo_n": args.denovo_n, "chgnet_n": args.chgnet_n,
                      "relax_steps": args.relax_steps, "test_crystals": args.test_crystals or "all", "matcher": "StructureMatcher(stol=0.5, angle_tol=10, ltol=0.3)",
                      "nfe": "Euler: one network evaluation per step for every field"},
-        "training": training, "csp": csp, "denovo": denovo, "anchors": ANCHORS,
+        "training": training or {"reused_runs": {"csp": args.csp_run, "denovo": args.denovo_run},
+                                 "note": args.training_note}, "csp": csp, "denovo": denovo, "anchors": ANCHORS,
         "differences": [DATA_NOTE, "CPU budget per model (see training), DiffCSP trains ~1,000 epochs on a GPU",
                         "flat-torus flow matching (FlowMM) for coordinates and a straight-path flow for the frame-free "
                         "lattice numbers; DiffCSP uses wrapped-normal score diffusion and DDPM on the lattice matrix",
