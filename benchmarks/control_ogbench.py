@@ -103,6 +103,8 @@ def main() -> None:
     ap.add_argument("--work", default=None, help="runs and plots (default runs/bench_control_ogbench)")
     ap.add_argument("--results-dir", default=None)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--reach", type=float, default=None, help="waypoint reach for the evaluation (default: the run config's "
+                                                                  "ogbench.reach)")
     ap.add_argument("--merge", action="store_true", help="keep the other data sets' entries of the existing results file "
                                                           "(each entry records the command and commit that produced it)")
     ap.add_argument("--smoke", action="store_true", help=f"tiny settings in a temp folder: {SMOKE}")
@@ -142,6 +144,8 @@ def main() -> None:
         gcbc_train = train_run(config, common + GCBC_OVERRIDES + [f"trainer.max_steps={args.bc_steps}"], work / f"{name}_gcbc")
         planner, gcbc = load_run(work / f"{name}_planner", "cpu"), load_run(work / f"{name}_gcbc", "cpu")
         ev = planner.config.section("ogbench")
+        if args.reach is not None:
+            ev.reach = args.reach
         row: dict[str, Any] = {"produced_by": produced_by, "data": data_info, "planner_training": planner_train, "gcbc_training": gcbc_train,
                                "planner_settings": {"horizon": planner.model.spec.horizon, "stride": planner.model.spec.stride,
                                                     "solver": planner.config.sample.solver, "solver_steps": planner.config.sample.steps,

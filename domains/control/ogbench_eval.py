@@ -63,7 +63,7 @@ class OGBenchEval:
     seed: int = 0
     replan_every: int = 16
     waypoints: bool = True
-    reach: float = 10.0
+    reach: float = 6.0
     graph_cell: float = 1.0
     graph_link_steps: int = 5
     lookahead: float = 1.0
@@ -197,7 +197,7 @@ class OGBenchPlannerAgent:
     tracker: PursuitTracker
     replan_every: int = 16
     graph: StateGraph | None = None
-    reach: float = 10.0
+    reach: float = 6.0
     solver: str = "dpmpp_2m"
     steps: int = 16
     clip_x0: float | None = 1.0
