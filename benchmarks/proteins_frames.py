@@ -1,5 +1,5 @@
 """Protein backbones on SE(3) frames (FrameFlow's recipe on the shared core): train on a stated CPU budget, then the
-offline metrics of unconditional backbones of lengths 50-150 at several NFE, motif scaffolding of 5 motifs taken
+offline metrics of unconditional backbones of lengths 50-150 at NFE 100 and 20, motif scaffolding of 5 motifs taken
 from the benchmark structures, and guidance toward a helix fraction and a radius of gyration, next to the same
 metrics of the natural training chains (the reference row).
 
@@ -10,7 +10,8 @@ metrics of the natural training chains (the reference row).
 Training: ``configs/proteins/frames.yaml`` on every chain of ``--data`` (crops of 160 residues and extra crops of
 50, 80 and 110, so that lengths 50-150 are in the trained range), one process, ``trainer.max_minutes`` the budget.
 Sampling: Euler on both fields (the geodesic step on SO(3)), one fixed seed per setting; backbones per second counts
-the sampler only (the metrics are timed apart). Metrics: :mod:`sciffusion.domains.proteins.metrics` (pydssp, tmtools);
+the sampler only (the metrics are timed apart). Guidance: helix fraction 0.7 (strength 50) and radius of gyration
+13 A (strength 10: with 10 sub-steps a larger strength overshoots the radius and diverges) at length 100. Metrics: :mod:`sciffusion.domains.proteins.metrics` (pydssp, tmtools);
 diversity within each length (mean pairwise TM-score; single-linkage clusters at TM 0.6 as Genie2), novelty as the
 largest TM-score to any training chain. Motif RMSD is that of the generated backbone (N, CA, C of ideal geometry
 against the file's atoms, superposed): the field's motif RMSD after refolding a designed sequence with ESMFold, and
@@ -49,7 +50,7 @@ from sciffusion.guidance import GradientGuidance  # noqa: E402
 from sciffusion.train import train  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-SETTINGS = [100, 50, 20]  # Euler steps = NFE
+SETTINGS = [100, 20]  # Euler steps = NFE
 MOTIFS = [  # (file, contig): RFdiffusion's benchmark motifs where the example file holds them, else a helix
     ("rfd_5TPN.pdb.gz", "20-40/A163-181/20-40"),
     ("rfd_1YCR.pdb.gz", "20-40/B19-27/20-40"),
@@ -170,7 +171,7 @@ def main() -> None:
                                                      scale)
     base = summarize(base_rows, [a[:, 1] for a in base_structures])
     base_rg = float(np.mean([r["rg"] for r in base_rows]))
-    for targets, strength in (({"helix": 0.7}, 50.0), ({"rg": 13.0}, 50.0)):
+    for targets, strength in (({"helix": 0.7}, 50.0), ({"rg": 13.0}, 10.0)):  # rg: larger steps overshoot
         guide = GradientGuidance(guidance_loss(targets, scale), scale=strength, fields=["trans"], through_model=False,
                                  substeps=10)
         structures, rows, _ = sample_and_score(run.model, [100] * args.guided_n, SETTINGS[0], 1, args.batch_size, scale,

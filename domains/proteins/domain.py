@@ -578,7 +578,8 @@ class ProteinsDomain(Domain):
     def design(self, run: Run, args: argparse.Namespace, targets: dict[str, float]) -> None:
         """Motif scaffolding (``--motif FILE:CONTIG``, the motif's frames kept by inpainting) and / or guidance toward
         ``--target helix=F`` / ``strand=F`` (fractions) / ``rg=A`` (gradient guidance of strength
-        ``--guidance-scale`` on the predicted clean CA positions). ``--out DIR`` (default ``RUN_DIR/designs``):
+        ``--guidance-scale`` on the predicted clean CA positions, 10 sub-steps; for ``rg`` keep it near 10: larger
+        steps overshoot the radius). ``--out DIR`` (default ``RUN_DIR/designs``):
         ``design_000.pdb``, ... (a motif design in the motif file's coordinates), ``designs.csv``,
         ``designs_summary.json``."""
         from sciffusion.domains.proteins.metrics import backbone_metrics, motif_rmsd, summarize
