@@ -309,6 +309,7 @@ def test_wrong_num_classes_is_a_config_error(tmp_path: Path, capsys: pytest.Capt
     assert "num_classes 5" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not PEROV.is_dir(), reason="needs ../shared/data/crystals/perov_5")
 def test_perov5_reads_whole() -> None:
     table, skipped = read_csv_crystals(PEROV / "test.csv", properties=["heat_ref", "dir_gap"])

@@ -166,13 +166,14 @@ def read_crystals(data: MaterialsData, path: str) -> CrystalTable:
     return table
 
 
-def load_tables(data: MaterialsData) -> tuple[CrystalTable, CrystalTable | None]:
-    """Training and test crystals of a ``data:`` section (test: ``None`` when no ``test_path`` is given)."""
+def load_tables(data: MaterialsData, with_test: bool = True) -> tuple[CrystalTable, CrystalTable | None]:
+    """Training and test crystals of a ``data:`` section (test: ``None`` when no ``test_path`` is given, or not
+    read when ``with_test`` is false)."""
     if data.source == "pymatgen":
         train, test = pymatgen_split(data.max_atoms, data.split_seed)
     else:
         train = read_crystals(data, data.path)
-        test = read_crystals(data, data.test_path) if data.test_path else None
+        test = read_crystals(data, data.test_path) if data.test_path and with_test else None
     if data.max_crystals and data.max_crystals < len(train):
         rows = np.random.RandomState(data.split_seed).permutation(len(train))[:data.max_crystals]
         train = train.subset(np.sort(rows))
@@ -475,7 +476,7 @@ class MaterialsDomain(Domain):
     def setup(self, cfg: Config) -> TrainSetup:
         data: MaterialsData = cfg.data
         task: MaterialsTask = cfg.section("task")
-        train, _ = load_tables(data)
+        train, _ = load_tables(data, with_test=False)
         meta = make_meta(data, train)
         model = self.build_model(cfg, meta)
         dataset = CrystalDataset(train, meta, task.kind, data.properties)
