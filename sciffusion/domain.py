@@ -26,9 +26,10 @@ Domains are imported lazily: only the domain a config names is imported for trai
 from __future__ import annotations
 
 import argparse
+import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, TypeVar
 
 import torch
 
@@ -37,6 +38,8 @@ from sciffusion.outputs import IMAGE_SUFFIXES, OutputError, check_folder
 from sciffusion.registry import DomainError, DomainUnavailable, discover_domain_names, get_domain, import_all_domains
 from sciffusion.train.checkpoint import EMA_FILE, MODEL_FILE, find_checkpoint, load_meta, load_module_weights
 from sciffusion.train.distributed import resolve_device
+
+T = TypeVar("T")
 
 __all__ = [
     "Domain",
@@ -49,6 +52,7 @@ __all__ = [
     "get_domain",
     "import_all_domains",
     "load_run",
+    "read_run_summary",
 ]
 
 
@@ -174,6 +178,18 @@ class Run:
         if out and path.suffix.lower() in IMAGE_SUFFIXES:
             raise OutputError(f"--out {path}: domain '{self.domain.name}' writes a folder here, not a {path.suffix} file")
         return check_folder(path, "--out" if out else "output folder")
+
+
+def read_run_summary(run_dir: Path, filename: str, parse: Callable[[dict[str, Any]], T]) -> T:
+    """A run's training-data summary (the JSON a domain's ``setup`` writes beside the config: elements, size
+    histogram, normalisations, ...), parsed by ``parse``; a missing or corrupted file is a one-line ``ValueError``."""
+    path = Path(run_dir) / filename
+    try:
+        return parse(json.loads(path.read_text()))
+    except FileNotFoundError:
+        raise ValueError(f"{path} is missing: the run's training-data summary (retrain, or copy it back)") from None
+    except (ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"{path} is corrupted ({e})") from None
 
 
 def parse_solver(text: str) -> str | dict[str, str]:

@@ -280,6 +280,14 @@ def test_csp_train_sample_evaluate(tmp_path: Path, capsys: pytest.CaptureFixture
     assert main(["sample", str(run), "--length", "5", "--out", str(tmp_path / "x")]) == 2
     assert main(["sample", str(run), "--motif", "a.pdb:A1-5", "--out", str(tmp_path / "x")]) == 2
     assert not (tmp_path / "x").exists()
+    # the run's training-data summary damaged, then gone: one line each, exit 2
+    capsys.readouterr()
+    (run / "materials.json").write_text("{")
+    assert main(["sample", str(run), "--composition", "SrTiO3", "--out", str(tmp_path / "x")]) == 2
+    assert "materials.json is corrupted" in capsys.readouterr().err
+    (run / "materials.json").unlink()
+    assert main(["sample", str(run), "--composition", "SrTiO3", "--out", str(tmp_path / "x")]) == 2
+    assert "materials.json is missing" in capsys.readouterr().err and not (tmp_path / "x").exists()
 
 
 def test_denovo_design_with_property(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import csv
 import io
-import json
 import logging
 from dataclasses import dataclass, field
 from functools import partial
@@ -25,7 +24,7 @@ import numpy as np
 import torch
 
 from sciffusion.config import Config, ConfigError
-from sciffusion.domain import Domain, Run, TrainSetup
+from sciffusion.domain import Domain, Run, TrainSetup, read_run_summary
 from sciffusion.domains.materials.crystal import (
     CrystalError,
     CrystalTable,
@@ -494,13 +493,7 @@ class MaterialsDomain(Domain):
 
     @staticmethod
     def meta_of(run_dir: Path) -> TrainingMeta:
-        path = run_dir / META_FILE
-        try:
-            return TrainingMeta.from_dict(json.loads(path.read_text()))
-        except FileNotFoundError:
-            raise ValueError(f"{path} is missing: the run's training-data summary (retrain, or copy it back)") from None
-        except (ValueError, KeyError, TypeError) as e:
-            raise ValueError(f"{path} is corrupted ({e})") from None
+        return read_run_summary(run_dir, META_FILE, TrainingMeta.from_dict)
 
     # -- what to sample ------------------------------------------------------------------------------
     def compositions(self, run: Run, args: argparse.Namespace, meta: TrainingMeta, n: int, seed: int) -> tuple[list[int], list[list[str]] | None]:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import csv
 import io
-import json
 import logging
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -21,7 +20,7 @@ import numpy as np
 import torch
 
 from sciffusion.config import Config, ConfigError
-from sciffusion.domain import Domain, Run, TrainSetup
+from sciffusion.domain import Domain, Run, TrainSetup, read_run_summary
 from sciffusion.domains.molecules.dataset import CHARGES, MoleculeDataset, PropertyNorm, draw_sizes, size_histogram
 from sciffusion.domains.molecules.qm9 import (
     PROPERTIES,
@@ -354,13 +353,7 @@ class MoleculesDomain(Domain):
                              f"`sciffusion design GENERATOR_RUN --regressor {run.run_dir} --target NAME=VALUE`")
 
     def meta(self, run: Run) -> TrainingMeta:
-        path = run.run_dir / META_FILE
-        try:
-            return TrainingMeta.from_dict(json.loads(path.read_text()))
-        except FileNotFoundError:
-            raise ValueError(f"{path} is missing: the run's training-data summary (retrain, or copy it back)") from None
-        except (ValueError, KeyError, TypeError) as e:
-            raise ValueError(f"{path} is corrupted ({e})") from None
+        return read_run_summary(run.run_dir, META_FILE, TrainingMeta.from_dict)
 
     def draw(self, run: Run, args: argparse.Namespace, meta: TrainingMeta, n: int, seed: int) -> torch.Tensor:
         """Atom counts: ``--length`` for every molecule, or draws from the training histogram."""

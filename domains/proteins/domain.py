@@ -29,7 +29,7 @@ import torch
 from torch import Tensor
 
 from sciffusion.config import Config, ConfigError
-from sciffusion.domain import Domain, Run, TrainSetup
+from sciffusion.domain import Domain, Run, TrainSetup, read_run_summary
 from sciffusion.domains.proteins.frames import backbone_atoms, frames_from_backbone
 from sciffusion.domains.proteins.io import (
     Chain,
@@ -517,13 +517,7 @@ class ProteinsDomain(Domain):
 
     # -- commands ------------------------------------------------------------------------------------
     def meta(self, run: Run) -> TrainingMeta:
-        path = run.run_dir / META_FILE
-        try:
-            return TrainingMeta.from_dict(json.loads(path.read_text()))
-        except FileNotFoundError:
-            raise ValueError(f"{path} is missing: the run's training-data summary (retrain, or copy it back)") from None
-        except (ValueError, KeyError, TypeError) as e:
-            raise ValueError(f"{path} is corrupted ({e})") from None
+        return read_run_summary(run.run_dir, META_FILE, TrainingMeta.from_dict)
 
     def lengths(self, args: argparse.Namespace, meta: TrainingMeta, n: int, seed: int) -> list[int]:
         """``--length`` for every sample (a warning outside the trained range), or draws from the crop lengths."""
