@@ -27,6 +27,7 @@ BARS = {
     "materials_perov5": ["csp_match_rate_20", "csp_match_rate_1", "structural_validity", "compositional_validity",
                          "few_step_match_drop_nfe50"],
     "materials_guided": ["property_mae_ratio_vs_naive"],
+    "proteins_frames": ["ca_ca_within_0p1", "clash_rate", "ss_fraction", "mean_pairwise_tm", "motif_rmsd"],
     "molecules_guided": ["gap_mae_ratio_vs_naive", "logp_mae_ratio_vs_naive", "validity_drop_points"],
     "imputation_panels": ["mae_ratio_vs_pypots_csdi", "crps_ratio_vs_pypots_csdi"],
     "imputation_pm25": ["mae_ratio_vs_pypots_csdi", "crps_ratio_vs_pypots_csdi", "fast_solver_crps_ratio_vs_ancestral50",
@@ -138,3 +139,14 @@ def test_materials_benchmarks_smoke(tmp_path: Path) -> None:
     run_benchmark("materials_guided", tmp_path, "--design-run", str(design), "--csp-run", str(csp), "--targets", "1.0",
                   "2.0", "--n", "12", "--energy-n", "2", "--energy-steps", "3", "--judge-crystals", "200")
     check_bars("materials_guided", tmp_path)
+
+
+def test_proteins_frames_smoke(tmp_path: Path) -> None:
+    """The proteins benchmark on a tiny run: every bar present and finite (the values mean nothing here)."""
+    data = shared_data("proteins")
+    pytest.importorskip("Bio")
+    pytest.importorskip("tmtools")
+    run_benchmark("proteins_frames", tmp_path, "--data", str(data), "--run-dir", str(tmp_path / "run"), "--max-steps",
+                  "10", "--budget-min", "2", "--override", "net.hidden=16", "--override", "net.n_layers=1",
+                  "--n", "2", "--lengths", "50,60", "--motif-n", "1", "--guided-n", "1")
+    check_bars("proteins_frames", tmp_path)
