@@ -136,7 +136,7 @@ def generate_maze_dataset(env_name: str, n_steps: int, seed: int = 0, expert: Ex
         "n_segments": len(ends),
         "n_terminal_segments": int(np.sum(terms)),
         "generation_seconds": round(time.time() - t0, 1),
-        "versions": _versions(),
+        "versions": package_versions(),
     }
     return MazeDataset(obs_buf, act_buf, goal_buf, rew_buf, np.array(ends), np.array(terms, bool), settings)
 
@@ -149,11 +149,12 @@ def _random_goal(spec: MazeSpec, rng: np.random.Generator, position: np.ndarray)
             return goal
 
 
-def _versions() -> dict[str, str]:
+def package_versions(packages: tuple[str, ...] = ("gymnasium", "gymnasium-robotics", "mujoco", "numpy")) -> dict[str, str]:
+    """Installed versions of ``packages`` ("missing" for one that is not installed), recorded beside generated data."""
     from importlib.metadata import PackageNotFoundError, version
 
     out = {}
-    for pkg in ("gymnasium", "gymnasium-robotics", "mujoco", "numpy"):
+    for pkg in packages:
         try:
             out[pkg] = version(pkg)
         except PackageNotFoundError:

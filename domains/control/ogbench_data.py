@@ -27,6 +27,7 @@ import torch
 from sciffusion.extras import require
 from sciffusion.train.checkpoint import atomic_path
 
+from .datasets import package_versions
 from .maze import ControlConfigError
 from .ogbench_env import (
     ACTION_DIM,
@@ -129,21 +130,9 @@ def generate_dataset(name: str, seed: int = 0, episodes: int | None = None, prog
                   else f"uniform cell exactly {STITCH_CELLS} BFS moves from the uniform start cell"),
         "protocol": "OGBench data_gen_scripts/generate_locomaze.py (point agent)",
         "generation_seconds": round(time.time() - t0, 1),
-        "versions": _versions(),
+        "versions": package_versions(("ogbench", "gymnasium", "mujoco", "numpy")),
     }
     return train, val, settings
-
-
-def _versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {}
-    for pkg in ("ogbench", "gymnasium", "mujoco", "numpy"):
-        try:
-            out[pkg] = version(pkg)
-        except PackageNotFoundError:
-            out[pkg] = "missing"
-    return out
 
 
 def dataset_paths(folder: str | Path, name: str) -> tuple[Path, Path, Path]:
