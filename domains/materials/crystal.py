@@ -145,10 +145,6 @@ class CrystalTable:
         return from_structures([self.structure(int(i)) for i in rows],
                                {k: v[rows] for k, v in self.properties.items()}, [self.ids[int(i)] for i in rows])[0]
 
-    def composition_counts(self, i: int) -> Counter:
-        lo, hi = int(self.offsets[i]), int(self.offsets[i + 1])
-        return Counter(int(z) for z in self.atomic_numbers[lo:hi])
-
 
 def make_structure(lengths: Sequence[float], angles: Sequence[float], atomic_numbers: Sequence[int],
                    frac_coords: np.ndarray) -> Any:
@@ -322,13 +318,6 @@ def parse_composition(text: str, elements: Sequence[str], max_atoms: int) -> lis
     return atoms
 
 
-def crystal_volume(lengths: np.ndarray, angles: np.ndarray) -> np.ndarray:
-    """Cell volumes ``(M,)`` A^3 from lengths ``(M, 3)`` and angles ``(M, 3)`` degrees."""
-    cos = np.cos(np.radians(np.asarray(angles, dtype=np.float64)))
-    det = 1 - (cos**2).sum(1) + 2 * cos.prod(1)
-    return np.prod(lengths, axis=1) * np.sqrt(np.clip(det, 0, None))
-
-
 __all__ = ["CrystalError", "CrystalTable", "Standardiser", "bundled_structures", "canonical_structure",
-           "crystal_volume", "from_structures", "lattice_features", "lattice_parameters", "make_structure",
+           "from_structures", "lattice_features", "lattice_parameters", "make_structure",
            "parse_cif", "parse_composition", "read_cif_folder", "read_csv_crystals", "space_group", "write_cif"]
