@@ -92,8 +92,8 @@ def _check(ok: bool, key: str, message: str) -> None:
 class LossConfig:
     """How the denoising loss is weighted over time and how training times are drawn."""
 
-    weighting: Literal["uniform", "min_snr", "edm"] = "uniform"
-    min_snr_gamma: float = 5.0
+    weighting: Literal["uniform", "min_snr", "edm", "velocity"] = "uniform"
+    min_snr_gamma: float = 5.0  # the cap of the x0-space weight of min_snr and velocity
     time_sampler: Literal["uniform", "logit_normal", "log_normal", "discrete"] = "uniform"
     logit_normal_mean: float = 0.0
     logit_normal_std: float = 1.0

@@ -20,11 +20,13 @@ the raw output per field; when the model has ragged fields the call is
 
 Loss: each process returns its per-entry loss (:meth:`Process.loss`); the model takes the masked mean of a
 dense field, and for a ragged field the mean over each sample's rows and then over samples, and sums the
-fields with their weights (``weights``, default 1).
+fields with their weights (``weights``, default 1). An optional ``aux_loss(x0_hat, x0, t, index) -> (B,)``
+(a domain's auxiliary loss on the clean estimates of all fields together, e.g. FrameFlow's backbone-atom and
+pairwise-distance losses) adds its mean over samples.
 """
 from __future__ import annotations
 
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -37,6 +39,7 @@ from sciffusion.sampling import Constraint, State, batch_size, solve
 
 Cond = dict[str, Tensor] | None
 Index = dict[str, Tensor]
+AuxLoss = Callable[[State, State, Tensor, Index], Tensor]  # (x0_hat, x0, t (B,), index) -> per-sample loss (B,)
 
 
 class ProcessTable(nn.Module):
@@ -77,12 +80,15 @@ class DiffusionModel(nn.Module):
         time_loc, time_scale: location / scale of the (logit|log)-normal time sampler.
         cond_drop_prob: probability of dropping the condition in training (classifier-free guidance).
         weights: field -> loss weight (default 1 for every field).
+        aux_loss: ``(x0_hat, x0, t, index) -> (B,)``, an auxiliary loss of the clean estimates of every field
+            (:meth:`Process.x0_estimate` of the training prediction) against the clean batch; its mean over
+            samples is added to the loss.
     """
 
     def __init__(self, net: nn.Module, processes: dict[str, Process], weighting: str = "uniform",
                  min_snr_gamma: float = 5.0, time_sampler: str | None = None, time_loc: float | None = None,
                  time_scale: float | None = None, cond_drop_prob: float = 0.0,
-                 weights: dict[str, float] | None = None) -> None:
+                 weights: dict[str, float] | None = None, aux_loss: AuxLoss | None = None) -> None:
         super().__init__()
         if not processes:
             raise ValueError("a DiffusionModel needs at least one field")
@@ -102,6 +108,7 @@ class DiffusionModel(nn.Module):
         self.time_loc = default_loc if time_loc is None else time_loc
         self.time_scale = default_scale if time_scale is None else time_scale
         self.cond_drop_prob = float(cond_drop_prob)
+        self.aux_loss = aux_loss
         if cond_drop_prob > 0 and not hasattr(net, "drop_condition"):
             raise ValueError(f"cond_drop_prob > 0 needs a net with drop_condition(); {type(net).__name__} has none")
 
@@ -159,6 +166,9 @@ class DiffusionModel(nn.Module):
             extra = {"weighting": self.loss_weighting} if isinstance(proc, GaussianProcess) else {}
             err = proc.loss(out[name], x0[name], x_t[name], aux[name], t, index.get(name), **extra)
             terms.append(self.weights[name] * _reduce(err, masks.get(name), index.get(name), n))
+        if self.aux_loss is not None:
+            x0_hat = {k: p.x0_estimate(p.predict(out[k], x_t[k], t, index.get(k))) for k, p in self.processes.items()}
+            terms.append(self.aux_loss(x0_hat, x0, t, index).mean())
         return torch.stack(terms).sum()
 
     def _training_noise(self, x0: State, index: Index, n: int, rng: StepRandom) -> State:
@@ -288,8 +298,9 @@ def _clipped(denoise, processes: dict[str, Process], bound: float, index: Index)
 
 
 def diffusion_model_from_config(net: nn.Module, processes: dict[str, Process], loss: Any,
-                                weights: dict[str, float] | None = None) -> DiffusionModel:
-    """Build a :class:`DiffusionModel` from a validated ``loss:`` config section (:class:`sciffusion.config.LossConfig`)."""
+                                weights: dict[str, float] | None = None, aux_loss: AuxLoss | None = None) -> DiffusionModel:
+    """Build a :class:`DiffusionModel` from a validated ``loss:`` config section (:class:`sciffusion.config.LossConfig`)
+    and a domain's optional ``aux_loss``."""
     loc, scale = {
         "logit_normal": (loss.logit_normal_mean, loss.logit_normal_std),
         "log_normal": (loss.log_normal_mean, loss.log_normal_std),
@@ -297,4 +308,4 @@ def diffusion_model_from_config(net: nn.Module, processes: dict[str, Process], l
     drop = loss.cond_drop_prob if hasattr(net, "drop_condition") else 0.0
     return DiffusionModel(net, processes, weighting=loss.weighting, min_snr_gamma=loss.min_snr_gamma,
                           time_sampler=loss.time_sampler, time_loc=loc, time_scale=scale, cond_drop_prob=drop,
-                          weights=weights)
+                          weights=weights, aux_loss=aux_loss)

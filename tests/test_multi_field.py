@@ -88,3 +88,20 @@ def test_three_fields_on_three_spaces_train_and_sample_end_to_end() -> None:
     assert sum(losses[-30:]) / 30 < 0.9 * sum(losses[:30]) / 30  # much of the flow's loss is irreducible (1/12 per entry)
     assert after[0] < 0.5 * before[0], (before, after)  # atoms sit at their type's site (uniform: 0.25)
     assert after[1] < 0.6 * before[1], (before, after)  # the lattice knows the atom count
+
+
+def test_aux_loss_sees_every_fields_clean_estimate_and_adds_its_mean() -> None:
+    model = _model()
+    batch = _data(6, torch.Generator().manual_seed(3))
+    seen: dict = {}
+
+    def aux(x0_hat: dict[str, Tensor], x0: dict[str, Tensor], t: Tensor, index: dict[str, Tensor]) -> Tensor:
+        seen.update(x0_hat=x0_hat, t=t)
+        return torch.arange(len(t), dtype=torch.float32)  # mean over the 6 samples: 2.5
+
+    plain = model.training_loss(batch, StepRandom(0, 1))
+    model.aux_loss = aux
+    with_aux = model.training_loss(batch, StepRandom(0, 1))
+    assert torch.allclose(with_aux - plain, torch.tensor(2.5), atol=1e-5)
+    assert set(seen["x0_hat"]) == {"lattice", "frac", "types"} and seen["t"].shape == (6,)
+    assert seen["x0_hat"]["lattice"].shape == (6, 2) and seen["x0_hat"]["frac"].shape == batch["fields"]["frac"].shape

@@ -211,6 +211,16 @@ def test_min_snr_weighting_closed_form(name: str) -> None:
         assert torch.equal(loss_weight("uniform", kind, c), torch.ones_like(weight))
 
 
+def test_velocity_weighting_is_frameflows_clipped_vector_field_loss() -> None:
+    t = torch.tensor([0.01, 0.05, 0.1, 0.3, 0.9], dtype=torch.float64)
+    c = FlowProcess(prediction="x0").coefficients(t, t)
+    expected = 1 / t.clamp_min(0.1) ** 2  # FrameFlow: |x0_hat - x0|^2 / (1 - min(tau, 0.9))^2 with tau = 1 - t
+    assert torch.allclose(loss_weight("velocity", "x0", c, gamma=100.0), expected, rtol=1e-12)
+    # a velocity-predicting net gets plain MSE above the cap and the same capped x0-space weight below it
+    cv = FlowProcess(prediction="velocity").coefficients(t, t)
+    assert torch.allclose(loss_weight("velocity", "velocity", cv, gamma=100.0), expected * t**2, rtol=1e-12)
+
+
 def test_edm_weighting_and_preconditioning_closed_form() -> None:
     process = EDMProcess(sigma_data=0.5)
     sigma = torch.tensor([0.002, 0.1, 0.5, 1.0, 10.0, 80.0], dtype=torch.float64)

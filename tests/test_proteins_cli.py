@@ -160,6 +160,9 @@ def test_bad_training_input_exits_2(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert "no protein chain of at least 40 residues" in capsys.readouterr().err
     assert main(["train", str(CONFIG), "data.extra_crops=[20]", f"run_dir={tmp_path / 'r'}", *TINY]) == 2
     assert "data.extra_crops" in capsys.readouterr().err
+    assert main(["train", str(CONFIG), "processes.trans.path=edm", "processes.trans.options={}",
+                 f"run_dir={tmp_path / 'r'}", *TINY]) == 2
+    assert "net.time_scaled_updates" in capsys.readouterr().err
 
 
 def test_igso3_config_builds_and_samples(tmp_path: Path) -> None:

@@ -101,3 +101,36 @@ def test_frame_net_is_se3_equivariant(rot_output: str) -> None:
     got = fn({"trans": centred, "rots": rots})["trans"]
     for i in range(2):
         assert float(got[index == i].mean(0).abs().max()) < 1e-12  # a centred input gives a centred output
+
+
+def test_time_scaled_updates_leave_clean_positions_at_t0() -> None:
+    torch.manual_seed(0)
+    net = FrameIPANet(hidden=32, n_layers=2, heads=2, head_dim=8, pair_dim=16).double()
+    for p in net.parameters():
+        torch.nn.init.normal_(p, std=0.2)
+    index = torch.tensor([0] * 9 + [1] * 6)
+    rots, trans = random_frames(15, seed=2)
+    with torch.no_grad():
+        out = net({"trans": trans / 10, "rots": rots}, torch.tensor([0.0, 0.5], dtype=torch.float64), None,
+                  index={"trans": index, "rots": index})["trans"]
+    assert torch.allclose(out[:9], trans[:9] / 10, atol=1e-12)  # t = 0: the translation updates are scaled to 0
+    assert float((out[9:] - trans[9:] / 10).abs().max()) > 1e-3
+
+
+def test_backbone_loss_values() -> None:
+    from sciffusion.domains.proteins.domain import BackboneLoss, backbone_loss
+
+    rots, trans = random_frames(12, seed=3)
+    trans = trans / 10
+    index = torch.tensor([0] * 6 + [1] * 6)
+    loss = backbone_loss(BackboneLoss(weight=2.0, t_max=0.75, t_clip=0.1, cutoff=6.0), trans_scale=10.0)
+    truth = {"trans": trans, "rots": rots}
+    t = torch.tensor([0.5, 0.05], dtype=torch.float64)
+    assert torch.allclose(loss(truth, truth, t, {"trans": index, "rots": index}), torch.zeros(2, dtype=torch.float64))
+    shifted = {"trans": trans + torch.tensor([0.3, 0.0, -0.4], dtype=torch.float64), "rots": rots}
+    got = loss(shifted, truth, t, {"trans": index, "rots": index})  # a rigid shift: atom error |d|^2 = 0.25, no distance error
+    assert torch.allclose(got, torch.tensor([2.0 * 0.25 / 0.5**2, 2.0 * 0.25 / 0.1**2], dtype=torch.float64))
+    late = loss(shifted, truth, torch.tensor([0.8, 0.75], dtype=torch.float64), {"trans": index, "rots": index})
+    assert torch.equal(late, torch.zeros(2, dtype=torch.float64))  # t >= t_max: off
+    squeezed = {"trans": trans * 0.5, "rots": rots}  # distances change: both terms count
+    assert bool((loss(squeezed, truth, t, {"trans": index, "rots": index}) > 0).all())

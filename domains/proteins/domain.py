@@ -30,7 +30,7 @@ from torch import Tensor
 
 from sciffusion.config import Config, ConfigError
 from sciffusion.domain import Domain, Run, TrainSetup, read_run_summary
-from sciffusion.domains.proteins.frames import backbone_atoms, frames_from_backbone
+from sciffusion.domains.proteins.frames import backbone_atoms, frames_from_backbone, ideal_backbone
 from sciffusion.domains.proteins.io import (
     Chain,
     MotifSegment,
@@ -219,6 +219,51 @@ class TrainingMeta:
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> "TrainingMeta":
         return cls(float(raw["trans_scale"]), tuple(int(c) for c in raw["length_histogram"]), tuple(raw["chains"]))
+
+
+@dataclass
+class BackboneLoss:
+    """``backbone_loss:`` section: FrameFlow's auxiliary losses on the predicted clean frames, added to the fields'
+    losses for training times ``t < t_max`` (FrameFlow: 0.75 in this time, its ``aux_loss_t_pass`` 0.25) with weight
+    ``weight`` (0: off). Both compare the ideal N, CA, C atoms of the predicted and true frames in units of the
+    ``trans`` field, divided by ``max(t, t_clip)`` as FrameFlow's translation loss: the squared atom errors summed
+    per residue over coordinates and averaged over the three atoms, and the squared errors of the distances between
+    atoms of one chain closer than ``cutoff`` Angstrom in the true structure (consecutive CA-CA, N-C across the
+    peptide bond, neighbours in space; FrameFlow's pairs) or in the predicted one (atoms placed too close: clashes),
+    averaged over those pairs; each averaged per sample."""
+
+    weight: float = 0.0
+    t_max: float = 0.75
+    t_clip: float = 0.1
+    cutoff: float = 6.0
+
+    def __post_init__(self) -> None:
+        if not (self.weight >= 0 and 0 < self.t_max <= 1 and 0 < self.t_clip <= 1 and self.cutoff > 0):
+            raise ConfigError("backbone_loss needs weight >= 0, 0 < t_max <= 1, 0 < t_clip <= 1 and cutoff > 0, got "
+                              f"{self.weight}, {self.t_max}, {self.t_clip}, {self.cutoff}")
+
+
+def backbone_loss(section: BackboneLoss, trans_scale: float):
+    """The core's ``aux_loss(x0_hat, x0, t, index) -> (B,)`` of :class:`BackboneLoss` (``trans`` ``(N, 3)`` in units
+    of ``trans_scale`` Angstrom, ``rots`` ``(N, 3, 3)``, rows of each sample in chain order)."""
+    cutoff = section.cutoff / trans_scale
+
+    def loss(x0_hat: dict[str, Tensor], x0: dict[str, Tensor], t: Tensor, index: dict[str, Tensor]) -> Tensor:
+        idx = index["trans"]
+        samples = t.shape[0]
+        pred = torch.stack(ideal_backbone(x0_hat["rots"], x0_hat["trans"]), dim=1)  # (N, 3 atoms, 3)
+        true = torch.stack(ideal_backbone(x0["rots"], x0["trans"]), dim=1)
+        atom = segment_mean(((pred - true) ** 2).sum(dim=(1, 2)), idx, samples) / 3
+        dist = pred.new_zeros(samples)
+        for b in range(samples):
+            p, q = pred[idx == b].reshape(-1, 3), true[idx == b].reshape(-1, 3)
+            d_true, d_pred = torch.cdist(q, q), torch.cdist(p, p)
+            near = ((d_true < cutoff) | (d_pred.detach() < cutoff)) & ~torch.eye(len(q), dtype=torch.bool, device=q.device)
+            dist[b] = ((d_pred - d_true)[near] ** 2).sum() / near.sum().clamp_min(1)
+        scale = t.to(pred.dtype).clamp_min(section.t_clip) ** 2
+        return section.weight * (t < section.t_max).to(pred.dtype) * (atom + dist) / scale
+
+    return loss
 
 
 def check_processes(processes: dict[str, Any]) -> None:
@@ -486,14 +531,20 @@ class ProteinsDomain(Domain):
     data_config = ProteinsData
     variable_size = True  # --length: residues per backbone
     sampling_options = ("motif",)  # design --motif FILE:CONTIG
+    extra_sections = {"backbone_loss": BackboneLoss}
 
     def build_model(self, cfg: Config) -> DiffusionModel:
         if cfg.net is None or cfg.net.name != "frame_ipa":
             raise ConfigError("a proteins config needs 'net: {name: frame_ipa, ...}'")
         processes, weights = cfg.build_processes(FIELDS)
         check_processes(processes)
+        if isinstance(processes["trans"], EDMProcess) and cfg.net.kwargs()["time_scaled_updates"]:
+            raise ConfigError("net.time_scaled_updates needs the raw time as the net's input: set it false for the "
+                              "edm trans path")
         net = cfg.net.build(trans_scale=cfg.data.trans_scale, **rot_output(processes["rots"]))
-        return diffusion_model_from_config(net, processes, cfg.loss, weights)
+        section: BackboneLoss = cfg.section("backbone_loss")
+        aux = backbone_loss(section, cfg.data.trans_scale) if section.weight > 0 else None
+        return diffusion_model_from_config(net, processes, cfg.loss, weights, aux)
 
     def setup(self, cfg: Config) -> TrainSetup:
         data: ProteinsData = cfg.data

@@ -6,7 +6,8 @@ Call (the core's ragged net contract)::
     net(x={"trans": (N, 3), "rots": (N, 3, 3)}, t: (B,), cond={"residue_pos": (N,)} | None, index={"trans": (N,), ...})
         -> {"trans": (N, 3), "rots": (N, 3, 3) or (N, 3)}
 
-``trans`` are CA positions in units of ``trans_scale`` Angstrom, ``rots`` the residue frames (columns e1, e2, e3;
+``trans`` are CA positions in units of ``trans_scale`` Angstrom (FrameFlow's nm for 10; the points and updates of
+IPA are in these units, only the distance features in Angstrom), ``rots`` the residue frames (columns e1, e2, e3;
 :mod:`~sciffusion.domains.proteins.frames`). ``residue_pos`` gives each residue's position along its chain (jumps at
 chain breaks); without it residues are numbered 0, 1, ... within each sample in row order. Rows of a sample must be
 in chain order (the chain is not permutation-symmetric); samples may be interleaved in any order.
@@ -15,7 +16,9 @@ Every feature the network computes is invariant under a global rotation ``Q`` an
 frames (``R -> Q R``, ``x -> Q x + c``): node features from the time and residue index, pair features from relative
 positions along the chain and CA-CA distances, and IPA's point terms, which compare points in the global frame and
 read them back in each residue's local frame. Each layer updates every frame by a local rotation and translation,
-``R <- R dR``, ``x <- x + R dx``, so the final frames transform as the input ones: the ``trans`` output is the
+``R <- R dR``, ``x <- x + t R dx`` (the translation step scaled by the time, ``time_scaled_updates``: the
+corruption's size on the straight path, so that the net's outputs are of one size at every time and a clean input
+stays put at ``t = 0``), so the final frames transform as the input ones: the ``trans`` output is the
 predicted clean CA positions (re-centred on the input's centre, so a centred input gives a centred output), the
 ``rots`` output the predicted clean frames (``rot_output="rotmat"``), their displacement ``log(R_t^T R0_hat)`` in the
 body frame (``"rotvec"``, invariant), or, for IGSO(3), FrameDiff's normalised score of ``R_t`` around the predicted
@@ -53,7 +56,7 @@ def quaternion_update(q: Tensor) -> Tensor:
 
 class InvariantPointAttention(nn.Module):
     """IPA over padded residues: ``h`` ``(B, L, D)``, pair features ``z`` ``(B, L, L, P)``, frames ``rots``
-    ``(B, L, 3, 3)``, ``trans`` ``(B, L, 3)`` (Angstrom), ``mask`` ``(B, L)`` bool -> update of ``h`` ``(B, L, D)``."""
+    ``(B, L, 3, 3)``, ``trans`` ``(B, L, 3)`` (the ``trans`` field's units), ``mask`` ``(B, L)`` bool -> update of ``h`` ``(B, L, D)``."""
 
     def __init__(self, dim: int, pair_dim: int, heads: int, head_dim: int, qk_points: int, v_points: int) -> None:
         super().__init__()
@@ -82,10 +85,12 @@ class InvariantPointAttention(nn.Module):
         w_c = math.sqrt(2.0 / (9.0 * pq))
         w_l = math.sqrt(1.0 / 3.0)
         scalar = torch.einsum("bihc,bjhc->bhij", q, k) / math.sqrt(self.head_dim)
-        dist2 = ((q_pts[:, :, None] - k_pts[:, None]) ** 2).sum(dim=(-1, -2))  # (B, L, L, H)
+        q_flat, k_flat = q_pts.flatten(-2), k_pts.flatten(-2)  # (B, L, H, P * 3)
+        dist2 = ((q_flat ** 2).sum(-1).permute(0, 2, 1)[..., :, None] + (k_flat ** 2).sum(-1).permute(0, 2, 1)[..., None, :]
+                 - 2 * torch.einsum("bihc,bjhc->bhij", q_flat, k_flat))  # (B, H, L, L)
         gamma = F.softplus(self.point_weight)
         logits = w_l * (scalar + self.pair_bias(z).permute(0, 3, 1, 2)
-                        - 0.5 * w_c * gamma[None, :, None, None] * dist2.permute(0, 3, 1, 2))
+                        - 0.5 * w_c * gamma[None, :, None, None] * dist2)
         logits = logits.masked_fill(~mask[:, None, None, :], float("-inf"))
         attn = torch.softmax(logits, dim=-1)  # (B, H, L, L)
         o_scalar = torch.einsum("bhij,bjhc->bihc", attn, v).reshape(b, n, -1)
@@ -118,6 +123,8 @@ class IPABlock(nn.Module):
 class FrameIPAConfig:
     """Settings of :class:`FrameIPANet` (FrameFlow's structure network: hidden 256, 6 blocks, 8 heads; this default
     is CPU-sized). ``trans_scale``: Angstrom per unit of ``trans`` (set by the domain from ``data.trans_scale``).
+    ``time_scaled_updates``: scale each layer's translation update by the time input (the raw ``t`` of the
+    ``trans`` path; see the module docstring).
     ``rot_output``: see the module docstring (set by the domain from the ``rots`` process)."""
 
     hidden: int = 64
@@ -132,6 +139,7 @@ class FrameIPAConfig:
     max_distance: float = 20.0
     trans_scale: float = 10.0
     rot_output: Literal["rotmat", "rotvec", "igso3_score"] = "rotmat"
+    time_scaled_updates: bool = True
 
     def __post_init__(self) -> None:
         at_least(self, 1, "hidden", "n_layers", "heads", "head_dim", "qk_points", "v_points", "pair_dim", "max_relative")
@@ -147,18 +155,22 @@ class FrameIPANet(nn.Module):
     def __init__(self, hidden: int = 64, n_layers: int = 4, heads: int = 4, head_dim: int = 16, qk_points: int = 4,
                  v_points: int = 4, pair_dim: int = 32, max_relative: int = 32, distance_bins: int = 16,
                  max_distance: float = 20.0, trans_scale: float = 10.0, rot_output: str = "rotmat",
-                 igso3: IGSO3Process | None = None) -> None:
+                 time_scaled_updates: bool = True, igso3: IGSO3Process | None = None) -> None:
         super().__init__()
         if rot_output not in ("rotmat", "rotvec", "igso3_score"):
             raise ValueError(f"rot_output must be rotmat, rotvec or igso3_score, got {rot_output!r}")
         if (rot_output == "igso3_score") != (igso3 is not None):
             raise ValueError("rot_output 'igso3_score' goes with the IGSO(3) process (igso3=...), and only with it")
         self.hidden, self.max_relative, self.trans_scale = hidden, max_relative, float(trans_scale)
-        self.rot_output, self.igso3 = rot_output, igso3
+        self.rot_output, self.igso3, self.time_scaled_updates = rot_output, igso3, bool(time_scaled_updates)
         self.distance_bins, self.max_distance = distance_bins, float(max_distance)
         self.node_in = nn.Sequential(nn.Linear(2 * hidden, hidden), nn.ReLU(), nn.Linear(hidden, hidden))
-        self.pair_in = nn.Sequential(nn.Linear(2 * max_relative + 2 + distance_bins + hidden, pair_dim), nn.ReLU(),
-                                     nn.Linear(pair_dim, pair_dim))
+        # the pair input layer on [one-hot relative position, distance RBF, time], as three summed parts (no
+        # (B, L, L, features) concatenation): the one-hot's linear map is an embedding lookup
+        self.pair_rel = nn.Embedding(2 * max_relative + 2, pair_dim)  # the last class stays free
+        self.pair_dist = nn.Linear(distance_bins, pair_dim)
+        self.pair_time = nn.Linear(hidden, pair_dim, bias=False)
+        self.pair_out = nn.Sequential(nn.ReLU(), nn.Linear(pair_dim, pair_dim))
         self.blocks = nn.ModuleList(IPABlock(hidden, pair_dim, heads, head_dim, qk_points, v_points)
                                     for _ in range(n_layers))
 
@@ -188,7 +200,7 @@ class FrameIPANet(nn.Module):
         mask = torch.zeros(batch, length, dtype=torch.bool, device=trans_in.device)
         mask[sample, slot] = True
         trans = torch.zeros(batch, length, 3, dtype=dtype, device=trans_in.device)
-        trans[sample, slot] = trans_in * self.trans_scale
+        trans[sample, slot] = trans_in
         rots = torch.eye(3, dtype=dtype, device=trans_in.device).expand(batch, length, 3, 3).clone()
         rots[sample, slot] = rots_in
 
@@ -196,20 +208,20 @@ class FrameIPANet(nn.Module):
         pos_emb = sinusoidal_embedding(resid.reshape(-1).to(dtype), self.hidden, scale=1.0).to(dtype).view(batch, length, -1)
         h = self.node_in(torch.cat([pos_emb, t_emb[:, None].expand(-1, length, -1)], dim=-1))
         rel = (resid[:, None, :] - resid[:, :, None]).clamp(-self.max_relative, self.max_relative) + self.max_relative
-        rel_onehot = F.one_hot(rel, 2 * self.max_relative + 2).to(dtype)  # the last class stays free
-        dist = torch.cdist(trans, trans)
+        dist = torch.cdist(trans, trans) * self.trans_scale  # Angstrom
         centres = torch.linspace(0.0, self.max_distance, self.distance_bins, dtype=dtype, device=trans.device)
         width = self.max_distance / (self.distance_bins - 1)
         rbf = torch.exp(-(((dist[..., None] - centres) / width) ** 2))
-        z = self.pair_in(torch.cat([rel_onehot, rbf, t_emb[:, None, None].expand(-1, length, length, -1)], dim=-1))
+        z = self.pair_out(self.pair_rel(rel) + self.pair_dist(rbf) + self.pair_time(t_emb)[:, None, None])
 
+        step = t.to(dtype).clamp(0.0, 1.0)[:, None, None] if self.time_scaled_updates else 1.0  # (B, 1, 1)
         for block in self.blocks:
             h, update = block(h, z, rots, trans, mask)
             rots_new = rots @ quaternion_update(update[..., :3])
-            trans = trans + torch.einsum("blij,blj->bli", rots, update[..., 3:])
+            trans = trans + step * torch.einsum("blij,blj->bli", rots, update[..., 3:])
             rots = rots_new
 
-        trans_out = trans[sample, slot] / self.trans_scale
+        trans_out = trans[sample, slot]
         counts = torch.bincount(idx, minlength=batch).clamp_min(1).to(dtype)[:, None]
         shift = (torch.zeros(batch, 3, dtype=dtype, device=trans_out.device).index_add_(0, idx, trans_in - trans_out)
                  / counts)

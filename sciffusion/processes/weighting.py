@@ -7,6 +7,9 @@ means "plain MSE on what the network predicts" for any prediction type.
 * ``uniform``  — plain MSE of the prediction (DDPM's simple loss for eps, flow matching for velocity).
 * ``min_snr``  — Min-SNR-gamma (Hang et al. 2023): x0-space weight ``min(SNR, gamma)``.
 * ``edm``      — Karras et al. (2022): x0-space weight ``(s^2 + s_d^2) / (s s_d)^2`` with ``s = sigma/alpha``.
+* ``velocity`` — the flow-matching vector-field loss (FrameFlow's translation loss): the x0-space weight of a
+  velocity prediction, ``(d_alpha - d_sigma alpha / sigma)^2`` (``1 / t^2`` on the linear flow path), capped at
+  ``gamma`` (FrameFlow: 100, its time clipped at 0.1), so that the low-noise end cannot take over the loss.
 """
 from __future__ import annotations
 
@@ -17,11 +20,12 @@ from torch import Tensor
 
 from sciffusion.processes.parametrization import Coefficients, x0_space_weight
 
-WEIGHTINGS: tuple[str, ...] = ("uniform", "min_snr", "edm")
+WEIGHTINGS: tuple[str, ...] = ("uniform", "min_snr", "edm", "velocity")
 
 
 def loss_weight(weighting: str, prediction: str, c: Coefficients, gamma: float = 5.0, sigma_data: float = 0.5) -> Tensor:
-    """Multiplier for the squared error in ``prediction`` space (broadcast like ``c.alpha``)."""
+    """Multiplier for the squared error in ``prediction`` space (broadcast like ``c.alpha``); ``gamma`` caps the
+    x0-space weight of ``min_snr`` and ``velocity``."""
     if weighting == "uniform":
         return torch.ones_like(c.alpha)
     native = x0_space_weight(prediction, c)
@@ -31,6 +35,8 @@ def loss_weight(weighting: str, prediction: str, c: Coefficients, gamma: float =
     elif weighting == "edm":
         s = c.sigma / c.alpha
         target = (s**2 + sigma_data**2) / (s * sigma_data) ** 2
+    elif weighting == "velocity":
+        target = torch.clamp(x0_space_weight("velocity", c), max=gamma)
     else:
         raise ValueError(f"unknown loss weighting '{weighting}' (known: {', '.join(WEIGHTINGS)})")
     return torch.where(native > 0, target / native.clamp_min(1e-30), torch.ones_like(native))
