@@ -4,7 +4,7 @@ generated vs test structures, and structures per second at each NFE against Diff
 
     python benchmarks/materials_perov5.py [--csp-run runs/bench_perov5_csp] [--denovo-run runs/bench_perov5_design]
         [--reuse] [--train-minutes 50] [--samples 20] [--multi-subset 500] [--subset 50] [--workers 2]
-        [--override KEY=VALUE ...]
+        [--override KEY=VALUE ...] [--compare-denovo-run RUN]
 
 Data: Perov-5's train split is not available here, so both models train on its ``val.csv`` (3,787 cells, a third
 of DiffCSP's 11,356) and everything is scored on ``test.csv`` (3,785 cells); every number in the results says so.
@@ -16,7 +16,9 @@ numbers over the first ``--multi-subset``, the 1-sample numbers over all test co
 ``StructureMatcher(stol=0.5, angle_tol=10, ltol=0.3)`` with DiffCSP's validity gate
 (:func:`sciffusion.domains.materials.metrics.csp_match`). De novo: 1,000 samples of the design run's null condition
 (it is trained with the heat of formation dropped for 20 % of the cells, so one run serves this benchmark and
-``materials_guided.py``); CDVAE's metrics against the test cells. CHGNet (the pretrained model in its wheel): energy per atom of the first ``--chgnet-n`` valid generated and
+``materials_guided.py``) with the config's sampler and with 1,000 steps; CDVAE's metrics against the test cells;
+``--compare-denovo-run`` scores another de novo run beside it (e.g. the same config with flat-torus flow
+coordinates). CHGNet (the pretrained model in its wheel): energy per atom of the first ``--chgnet-n`` valid generated and
 test structures, relaxation of the generated ones with ``--relax-steps`` FIRE steps.
 Bars: ``csp_match_rate_20`` >= 0.80, ``csp_match_rate_1`` >= 0.45, ``structural_validity`` >= 0.99,
 ``compositional_validity`` >= 0.95, ``few_step_match_drop_nfe50`` <= 0.02.
@@ -39,6 +41,8 @@ from sciffusion.config import load_config  # noqa: E402
 from sciffusion.domain import load_run  # noqa: E402
 from sciffusion.domains.materials.benchmarking import evaluate_csp, evaluate_denovo  # noqa: E402
 from sciffusion.domains.materials.domain import MaterialsDomain, load_tables, sample_crystals  # noqa: E402
+from sciffusion.domains.materials.nets import FRAC  # noqa: E402
+from sciffusion.sampling import nfe  # noqa: E402
 from sciffusion.train import train  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -87,7 +91,18 @@ def csp_block(run_dir: str, samples: int, multi_subset: int, subset: int, worker
     return out
 
 
-def denovo_block(run_dir: str, n: int, chgnet_n: int, relax_steps: int, workers: int, test_crystals: int) -> dict[str, Any]:
+def denovo_setting(solver: str | dict[str, str], steps: int) -> str:
+    """A de novo setting's name: the coordinates' solver and its steps (``euler_50``, ``pc_200``)."""
+    return f"{solver if isinstance(solver, str) else solver[FRAC]}_{steps}"
+
+
+def sampler_nfe(solver: str | dict[str, str], steps: int) -> int:
+    """Network evaluations of one joint sampling run: a corrector of any field re-evaluates the whole state."""
+    return max(nfe(name, steps) for name in ([solver] if isinstance(solver, str) else solver.values()))
+
+
+def denovo_block(run_dir: str, n: int, chgnet_n: int, relax_steps: int, workers: int, test_crystals: int,
+                 compare_run: str | None = None) -> dict[str, Any]:
     from sciffusion.domains.materials.metrics import fingerprints, validity
     from sciffusion.domains.materials.oracle import chgnet_energies, relax
 
@@ -97,12 +112,21 @@ def denovo_block(run_dir: str, n: int, chgnet_n: int, relax_steps: int, workers:
     sc = run.sample_config()
     if test_crystals:
         test = test.subset(np.arange(min(test_crystals, len(test))))
-    out: dict[str, Any] = {"run_step": run.step, "settings": {}}
+    out: dict[str, Any] = {"run_step": run.step, "solver": sc.solver, "settings": {}}
     reference = fingerprints([test.structure(i) for i in range(len(test))], workers)
     for steps in (sc.steps, 1000):
         count = n if steps == sc.steps else min(n, 200)
-        out["settings"][f"euler_{steps}"] = evaluate_denovo(run.model, meta, test, count, sc.solver, steps, 0,
-                                                            sc.batch_size, workers, reference)
+        result = evaluate_denovo(run.model, meta, test, count, sc.solver, steps, 0, sc.batch_size, workers, reference)
+        out["settings"][denovo_setting(sc.solver, steps)] = {"nfe": sampler_nfe(sc.solver, steps), **result}
+    if compare_run:  # another de novo run on the same data (e.g. another coordinate process), at its own sampler
+        other = load_run(compare_run, device="cpu")
+        osc = other.sample_config()
+        result = evaluate_denovo(other.model, MaterialsDomain.meta_of(other.run_dir), test, n, osc.solver, osc.steps, 0,
+                                 osc.batch_size, workers, reference)
+        out["comparison_run"] = {"run_dir": compare_run, "run_step": other.step,
+                                 "processes": other.config.to_dict()["processes"],
+                                 "solver": osc.solver, "setting": denovo_setting(osc.solver, osc.steps),
+                                 "nfe": sampler_nfe(osc.solver, osc.steps), **result}
     sizes = np.random.RandomState(1).choice(len(meta.size_histogram), size=4 * chgnet_n,
                                             p=np.asarray(meta.size_histogram) / sum(meta.size_histogram)).tolist()
     generated = [c.structure() for c in sample_crystals(run.model, meta, sizes, None, sc.solver, sc.steps, 1, sc.batch_size)]
@@ -143,6 +167,8 @@ def main() -> None:
     ap.add_argument("--relax-steps", type=int, default=100)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--skip-denovo", action="store_true")
+    ap.add_argument("--compare-denovo-run", default=None,
+                    help="another de novo run scored beside the main one (same metrics, its own sampler)")
     ap.add_argument("--test-crystals", type=int, default=0, help="score the first so many test cells (0: all 3,785)")
     ap.add_argument("--training-note", default="", help="how reused runs were trained (budget, machine), recorded")
     ap.add_argument("--results-dir", default=None)
@@ -157,7 +183,7 @@ def main() -> None:
     csp = csp_block(args.csp_run, args.samples, args.multi_subset, args.subset, args.workers, args.test_crystals)
     denovo = (None if args.skip_denovo else
               denovo_block(args.denovo_run, args.denovo_n, args.chgnet_n, args.relax_steps, args.workers,
-                           args.test_crystals))
+                           args.test_crystals, args.compare_denovo_run))
     steps = load_run(args.csp_run, device="cpu").config.sample.steps
     full = csp["settings"][f"euler_{steps}_all_k1"]
     multi = next(v for k, v in csp["settings"].items() if k.startswith(f"euler_{steps}_first") and v["n_targets"]
@@ -168,7 +194,8 @@ def main() -> None:
     bars = [bar("csp_match_rate_20", multi["match_rate_k"], ">=", 0.80),
             bar("csp_match_rate_1", full["match_rate_1"], ">=", 0.45)]
     if denovo is not None:
-        main_setting = denovo["settings"][f"euler_{load_run(args.denovo_run, device='cpu').config.sample.steps}"]
+        sc = load_run(args.denovo_run, device="cpu").sample_config()
+        main_setting = denovo["settings"][denovo_setting(sc.solver, sc.steps)]
         bars += [bar("structural_validity", main_setting["struct_valid"], ">=", 0.99),
                  bar("compositional_validity", main_setting["comp_valid"], ">=", 0.95)]
     bars.append(bar("few_step_match_drop_nfe50", head_1000["match_rate_k"] - head_few["match_rate_k"], "<=", 0.02))
@@ -178,12 +205,14 @@ def main() -> None:
                      "subset_for_1000_steps": args.subset,
                      "train_minutes": args.train_minutes, "denovo_n": args.denovo_n, "chgnet_n": args.chgnet_n,
                      "relax_steps": args.relax_steps, "test_crystals": args.test_crystals or "all", "matcher": "StructureMatcher(stol=0.5, angle_tol=10, ltol=0.3)",
-                     "nfe": "Euler: one network evaluation per step for every field"},
+                     "nfe": "structure prediction: Euler, one network evaluation per step; de novo: "
+                            "denovo.settings.*.nfe (the predictor-corrector evaluates twice per step, once on the last)"},
         "training": training or {"reused_runs": {"csp": args.csp_run, "denovo": args.denovo_run},
                                  "note": args.training_note}, "csp": csp, "denovo": denovo, "anchors": ANCHORS,
         "differences": [DATA_NOTE, "CPU budget per model (see training), DiffCSP trains ~1,000 epochs on a GPU",
-                        "flat-torus flow matching (FlowMM) for coordinates and a straight-path flow for the frame-free "
-                        "lattice numbers; DiffCSP uses wrapped-normal score diffusion and DDPM on the lattice matrix",
+                        "coordinates: flat-torus flow matching (FlowMM) for structure prediction, DiffCSP's "
+                        "wrapped-normal score diffusion with its predictor-corrector for de novo; lattice: a "
+                        "straight-path flow on the frame-free lattice numbers (DiffCSP: DDPM on the lattice matrix)",
                         f"csp_match_rate_1 over every test composition (one sample each); csp_match_rate_{args.samples}"
                         f" over the first {args.multi_subset} ({args.samples} samples each); the 1000-step comparison "
                         f"on the first {args.subset} (sampling 3,785 x 20 structures at 1000 steps takes days on a CPU)"],
