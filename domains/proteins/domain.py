@@ -43,7 +43,7 @@ from sciffusion.domains.proteins.io import (
     read_structure,
 )
 from sciffusion.guidance import GradientGuidance, Inpaint, Project
-from sciffusion.model import DiffusionModel, diffusion_model_from_config
+from sciffusion.model import AuxLoss, DiffusionModel, diffusion_model_from_config
 from sciffusion.outputs import publish_together
 from sciffusion.processes.base import segment_mean
 from sciffusion.processes.gaussian import EDMProcess, GaussianProcess
@@ -243,7 +243,7 @@ class BackboneLoss:
                               f"{self.weight}, {self.t_max}, {self.t_clip}, {self.cutoff}")
 
 
-def backbone_loss(section: BackboneLoss, trans_scale: float):
+def backbone_loss(section: BackboneLoss, trans_scale: float) -> AuxLoss:
     """The core's ``aux_loss(x0_hat, x0, t, index) -> (B,)`` of :class:`BackboneLoss` (``trans`` ``(N, 3)`` in units
     of ``trans_scale`` Angstrom, ``rots`` ``(N, 3, 3)``, rows of each sample in chain order)."""
     cutoff = section.cutoff / trans_scale
