@@ -96,11 +96,6 @@ def denovo_setting(solver: str | dict[str, str], steps: int) -> str:
     return f"{solver if isinstance(solver, str) else solver[FRAC]}_{steps}"
 
 
-def sampler_nfe(solver: str | dict[str, str], steps: int) -> int:
-    """Network evaluations of one joint sampling run: a corrector of any field re-evaluates the whole state."""
-    return max(nfe(name, steps) for name in ([solver] if isinstance(solver, str) else solver.values()))
-
-
 def denovo_block(run_dir: str, n: int, chgnet_n: int, relax_steps: int, workers: int, test_crystals: int,
                  compare_run: str | None = None) -> dict[str, Any]:
     from sciffusion.domains.materials.metrics import fingerprints, validity
@@ -117,7 +112,7 @@ def denovo_block(run_dir: str, n: int, chgnet_n: int, relax_steps: int, workers:
     for steps in (sc.steps, 1000):
         count = n if steps == sc.steps else min(n, 200)
         result = evaluate_denovo(run.model, meta, test, count, sc.solver, steps, 0, sc.batch_size, workers, reference)
-        out["settings"][denovo_setting(sc.solver, steps)] = {"nfe": sampler_nfe(sc.solver, steps), **result}
+        out["settings"][denovo_setting(sc.solver, steps)] = {"nfe": nfe(sc.solver, steps), **result}
     if compare_run:  # another de novo run on the same data (e.g. another coordinate process), at its own sampler
         other = load_run(compare_run, device="cpu")
         osc = other.sample_config()
@@ -126,7 +121,7 @@ def denovo_block(run_dir: str, n: int, chgnet_n: int, relax_steps: int, workers:
         out["comparison_run"] = {"run_dir": compare_run, "run_step": other.step,
                                  "processes": other.config.to_dict()["processes"],
                                  "solver": osc.solver, "setting": denovo_setting(osc.solver, osc.steps),
-                                 "nfe": sampler_nfe(osc.solver, osc.steps), **result}
+                                 "nfe": nfe(osc.solver, osc.steps), **result}
     sizes = np.random.RandomState(1).choice(len(meta.size_histogram), size=4 * chgnet_n,
                                             p=np.asarray(meta.size_histogram) / sum(meta.size_histogram)).tolist()
     generated = [c.structure() for c in sample_crystals(run.model, meta, sizes, None, sc.solver, sc.steps, 1, sc.batch_size)]

@@ -236,6 +236,13 @@ def test_flow_euler_matches_diffusers(steps: int) -> None:
     assert len(ours) == steps + 1
 
 
+def test_nfe_of_one_solver_per_field_is_the_largest() -> None:
+    """solve() evaluates the whole state once per step, plus once at the proposal when any field corrects."""
+    assert nfe({"frac_coords": "pc", "lattice": "euler", "atom_types": "dfm_euler"}, 50) == 99
+    assert nfe({"pos": "euler", "types": "dfm_euler"}, 50) == 50
+    assert nfe({"x": "heun"}, 10) == nfe("heun", 10) == 19
+
+
 def test_steps_for_nfe_fits_budget() -> None:
     for solver in ["ddpm", "ddim", "dpmpp_2m", "euler", "heun", "euler_maruyama", "pc"]:
         for budget in [1, 2, 5, 10, 20, 1000]:

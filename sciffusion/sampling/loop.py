@@ -124,9 +124,12 @@ def batch_size(x: State, index: Index) -> int:
     return int(max(int(i.max()) for i in index.values())) + 1
 
 
-def nfe(solver: str, steps: int) -> int:
-    """Network evaluations a solver spends on ``steps`` steps (CFG doubles the batch, not the NFE)."""
-    return get_solver(solver).nfe(steps)
+def nfe(solver: str | dict[str, str], steps: int) -> int:
+    """Network evaluations a solver spends on ``steps`` steps (CFG doubles the batch, not the NFE). For one solver
+    per field (``{field: name}``) it is the largest of theirs: :func:`solve` evaluates the whole state once per step,
+    and once more at the proposal when any field's solver corrects."""
+    names = [solver] if isinstance(solver, str) else list(solver.values())
+    return max(get_solver(name).nfe(steps) for name in names)
 
 
 def steps_for_nfe(solver: str, budget: int) -> int:
