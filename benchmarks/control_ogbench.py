@@ -103,8 +103,9 @@ def main() -> None:
     ap.add_argument("--work", default=None, help="runs and plots (default runs/bench_control_ogbench)")
     ap.add_argument("--results-dir", default=None)
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--reach", type=float, default=None, help="waypoint reach for the evaluation (default: the run config's "
-                                                                  "ogbench.reach)")
+    ap.add_argument("--reach", type=lambda text: text if text == "data" else float(text), default=None,
+                    help="waypoint reach for the evaluation, a graph distance or 'data' (the median distance the data "
+                         "covers in one plan's span); default: the run config's ogbench.reach")
     ap.add_argument("--merge", action="store_true", help="keep the other data sets' entries of the existing results file "
                                                           "(each entry records the command and commit that produced it)")
     ap.add_argument("--smoke", action="store_true", help=f"tiny settings in a temp folder: {SMOKE}")

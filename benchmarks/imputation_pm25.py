@@ -27,6 +27,7 @@ the coverage and ``calibrated_crps_ratio_vs_uncalibrated`` bars use it. Usage::
     python benchmarks/imputation_pm25.py [--budget-min 50] [--full-test] [--pypots-path DIR] [--work DIR]
     python benchmarks/imputation_pm25.py --phase pilot --work DIR --run-dir DIR/ours_run   # choose the fast solver
     python benchmarks/imputation_pm25.py --phase report --work DIR     # rebuild the JSON from DIR
+    python benchmarks/imputation_pm25.py --phase calibration_pilot --run-dir RUN   # choose the calibration shrinkage
     python benchmarks/imputation_pm25.py --phase calibration --run-dir RUN --work DIR --update-results \
         --calibration-note "..."   # the calibration phase alone, into the published JSON
     python benchmarks/imputation_pm25.py --budget-min 0.5 --samples 2 --compare-per-month 1 --large-per-month 1 \
@@ -339,7 +340,7 @@ def phase_calibration(args) -> None:
                                                eta=args.fast_eta, batch_size=args.max_batch, seed=0))
     inputs = [s.with_values(np.where(c, s.values, np.nan)) for s, c in zip(data.test, data.test_cond)]
     start = time.perf_counter()
-    calibration = calibrate_on_input(run.model, inputs, meta, sc, run.config.section("impute").calibration_min_entries)
+    calibration = calibrate_on_input(run.model, inputs, meta, sc, run.config.section("impute"))
     calibration_seconds = time.perf_counter() - start
     start = time.perf_counter()
     imputations = [impute_series(run.model, x, x.observed_mask, meta, sc.n, sc.solver, sc.steps, [0.5], sc.eta,
@@ -363,6 +364,56 @@ def phase_calibration(args) -> None:
     (Path(args.work) / "calibration.json").write_text(json.dumps(out, default=float))
     print(f"calibration: coverage90 {out['uncalibrated']['coverage90']:.3f} -> {out['calibrated']['coverage90']:.3f}, "
           f"crps {out['uncalibrated']['crps']:.4f} -> {out['calibrated']['crps']:.4f}", flush=True)
+
+
+CALIBRATION_SHRINKAGES = [0.0, 100.0, 300.0, 1000.0, 3000.0, 1e9]  # prior entries; 1e9: the pooled factors only
+CALIBRATION_RULE = ("the lowest CRPS among the shrinkages whose calibrated 50 % and 90 % coverage lie in the issue's "
+                    "bands (0.45-0.55, 0.87-0.93), else the lowest CRPS; impute.calibration_shrinkage's default is set to it")
+
+
+def phase_calibration_pilot(args) -> None:
+    """Choose ``impute.calibration_shrinkage`` on the validation month (January, never trained on, never a test
+    month) as :data:`CALIBRATION_RULE` says: January's own observed entries calibrate, its CSDI targets score.
+    Writes results/imputation_pm25_calibration_pilot.json."""
+    import argparse as _argparse
+
+    from sciffusion.domain import load_run
+    from sciffusion.domains.timeseries.calibration import CALIBRATION_QUANTILES, fit_calibration
+    from sciffusion.domains.timeseries.datasets import pm25_month
+    from sciffusion.domains.timeseries.domain import SeriesMeta, calibration_set, impute_series
+    from sciffusion.domains.timeseries.metrics import summary
+
+    torch.set_num_threads(args.threads)
+    segment, cond = pm25_month(DATA, 1)
+    run = load_run(args.run_dir, device="cpu")
+    meta = SeriesMeta.read(args.run_dir)
+    settings = run.config.section("impute")
+    sc = run.sample_config(_argparse.Namespace(n=args.samples, solver=args.fast_solver, steps=args.fast_steps,
+                                               eta=args.fast_eta, batch_size=args.max_batch, seed=0))
+    given = segment.with_values(np.where(cond, segment.values, np.nan))
+    found = calibration_set(run.model, [given], meta, sc)
+    samples = torch.as_tensor(impute_series(run.model, given, cond, meta, sc.n, sc.solver, sc.steps, [0.5], sc.eta,
+                                            sc.batch_size, sc.seed, keep_samples=True).samples)
+    truth, mask = np.nan_to_num(segment.values), (segment.observed_mask & ~cond).astype(float)
+    rows = {"uncalibrated": summary(samples, truth, mask)}
+    for shrinkage in CALIBRATION_SHRINKAGES:
+        calibration = fit_calibration(*found, meta.normalizer.std, settings.calibration_min_entries,
+                                      CALIBRATION_QUANTILES, shrinkage)
+        rows[f"{shrinkage:g}"] = {**summary(calibration.apply(samples), truth, mask), "shrinkage": shrinkage}
+        rows[f"{shrinkage:g}"]["crps_ratio_vs_uncalibrated"] = rows[f"{shrinkage:g}"]["crps"] / rows["uncalibrated"]["crps"]
+        print(f"shrinkage {shrinkage:g}: {rows[f'{shrinkage:g}']}", flush=True)
+    candidates = {k: r for k, r in rows.items() if k != "uncalibrated"}
+    inside = {k: r for k, r in candidates.items()
+              if 0.45 <= r["coverage50"] <= 0.55 and 0.87 <= r["coverage90"] <= 0.93} or candidates
+    chosen = min(inside, key=lambda k: inside[k]["crps"])
+    step = json.loads((Path(args.run_dir) / "checkpoints" / "last" / "meta.json").read_text())["step"]
+    write_results("imputation_pm25_calibration_pilot", {
+        "torch_threads": args.threads,
+        "run": {"config": str(CONFIG.relative_to(ROOT)), "run_dir": str(args.run_dir), "checkpoint_step": int(step)},
+        "month": 1, "targets": int(mask.sum()), "calibration_entries": int(found[2].sum()),
+        "solver": sc.solver, "steps": sc.steps, "samples": sc.n, "min_entries": settings.calibration_min_entries,
+        "results": rows, "chosen": {"shrinkage": rows[chosen]["shrinkage"], "rule": CALIBRATION_RULE}},
+        packages=("sciffusion", "torch", "numpy", "pandas"), folder=args.results_dir)
 
 
 def calibration_bars(cal: dict) -> list[dict]:
@@ -574,7 +625,7 @@ def report(args, ours_train: dict) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--phase", choices=["all", "pilot", "ours_eval", "pypots", "timing", "batch_timing", "rss_full",
-                                            "calibration", "report"], default="all",
+                                            "calibration", "calibration_pilot", "report"], default="all",
                         help="all: the whole benchmark; report: rebuild the JSON from --work")
     parser.add_argument("--work", default=None, help="scratch folder (default: a new temp folder)")
     parser.add_argument("--budget-min", type=float, default=50.0, help="training wall-clock minutes for each model")
@@ -622,6 +673,8 @@ def main() -> None:
         return phase_batch_timing(args)
     if args.phase == "timing":
         return phase_timing(args)
+    if args.phase == "calibration_pilot":
+        return phase_calibration_pilot(args)
     if args.phase == "calibration":
         phase_calibration(args)
         return update_published_calibration(args) if args.update_results else None

@@ -186,6 +186,11 @@ def test_state_graph_waypoints_follow_the_data() -> None:
     assert abs(w[1]) < 1.0 and 4.5 <= w[0] <= 7.0  # along the first leg, not straight at the goal
     near = graph.waypoints(np.array([[10.0, 6.0]]), np.array([[10.0, 9.5]]), reach=6.0)[0]
     np.testing.assert_allclose(near, [10.0, 9.5])  # within reach: the goal itself
+    # 0.2 per step: 20 steps cover 4 units along the corridor, a corner pair too (graph, not straight-line, distance)
+    assert abs(graph.typical_distance(obs, np.array([len(obs)]), span=21) - 4.0) < 0.5
+    corner = graph.dist[graph.nearest(np.array([[8.0, 0.0]]))[0], graph.nearest(np.array([[10.0, 2.0]]))[0]]
+    assert abs(corner - 4.0) < 0.5
+    assert np.isnan(graph.typical_distance(obs, np.array([len(obs)]), span=len(obs) + 1))
 
 
 def test_pursuit_tracker_moves_at_full_speed_toward_the_plan() -> None:

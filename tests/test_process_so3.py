@@ -364,6 +364,30 @@ def test_solver_steps_land_on_the_clean_estimate_at_zero() -> None:
                     torch.linspace(1, 0, 3, dtype=F64), "euler_maruyama")
 
 
+def test_frameflow_sampling_schedule_trains_linear_and_steps_exponentially() -> None:
+    """``schedule: linear`` + ``sample_schedule: exp`` (FrameFlow): training corruption, loss and prediction are the
+    linear path's; the Euler step moves the fraction ``1 - kappa_e(s) / kappa_e(t)`` of the way to the clean
+    estimate, FrameFlow's constant rate ``c dt`` for a small step away from ``t = 0``, and lands on it at 0."""
+    mixed = GeodesicFlowProcess(schedule="linear", sample_schedule="exp", exp_rate=10.0)
+    linear, exp = GeodesicFlowProcess(), GeodesicFlowProcess(schedule="exp", exp_rate=10.0)
+    x0, x_t = _random_rotations(4, 3), _random_rotations(4, 4)
+    t, s = torch.full((4,), 0.5, dtype=F64), torch.full((4,), 0.499, dtype=F64)
+    assert torch.equal(mixed.corrupt(x0, t, StepRandom(4, 7))[0], linear.corrupt(x0, t, StepRandom(4, 7))[0])
+    out = _target().network(mixed)(x_t, t, None)
+    pred = mixed.predict(out, x_t, t)
+    assert torch.allclose(pred.value, linear.predict(out, x_t, t).value)
+    clean = mixed.x0_estimate(pred)
+    displacement = so3_log(x_t.transpose(-1, -2) @ clean)
+    fraction = 1 - exp.kappa(s) / exp.kappa(t)
+    expected = x_t @ so3_exp(fraction[:, None] * displacement)
+    assert torch.allclose(so3_euler_step(mixed, x_t, pred, t, s), expected, atol=1e-10)
+    assert abs(float(fraction[0]) / (10.0 * 0.001) - 1) < 0.01
+    assert torch.allclose(so3_euler_step(mixed, x_t, pred, t, torch.zeros(4, dtype=F64)), clean, atol=1e-12)
+    assert PROCESSES.build("so3", sample_schedule="exp").sample_schedule == "exp"
+    with pytest.raises(ValueError, match="sample_schedule"):
+        GeodesicFlowProcess(sample_schedule="cosine")
+
+
 # ------------------------------------------------------------------------------------------------ exact targets
 def _cells(rot: Tensor, centres: Tensor) -> Tensor:
     return SO3Target(centres, torch.ones(len(centres))).nearest(rot)[0]

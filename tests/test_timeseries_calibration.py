@@ -63,6 +63,26 @@ def test_conformal_factor_rank_and_pooling() -> None:
     np.testing.assert_allclose(cal.factors[1], cal.factors[0], rtol=0.02)
 
 
+def test_shrinkage_weights_own_and_pooled_factors_by_entries() -> None:
+    """``w c_k + (1 - w) c_pooled`` with ``w = n_k / (n_k + shrinkage)``: 0 keeps each feature's own factors, a
+    prior of n_k entries halves the way to the pooled ones, a huge one gives the pooled factors."""
+    rng = np.random.default_rng(3)
+    truth = rng.normal(size=(K, N)) * np.array([[3.0], [1.0]])
+    hidden = np.ones((K, N), bool)
+    hidden[1, 4000:] = False  # feature 1: 4,000 entries
+    quantiles = gaussian_quantiles(np.ones(K))
+    own = fit_calibration(quantiles, truth, hidden, scale=np.ones(K)).factors
+    pooled_only = fit_calibration(quantiles, truth, hidden, scale=np.ones(K), min_entries=10 * N).factors
+    half = fit_calibration(quantiles, truth, hidden, scale=np.ones(K), shrinkage=4000.0)
+    np.testing.assert_allclose(half.factors[1], 0.5 * own[1] + 0.5 * pooled_only[1], rtol=1e-12)
+    np.testing.assert_allclose(half.factors[0], 0.8 * own[0] + 0.2 * pooled_only[0], rtol=1e-12)  # 16,000 entries
+    huge = fit_calibration(quantiles, truth, hidden, scale=np.ones(K), shrinkage=1e12).factors
+    np.testing.assert_allclose(huge, pooled_only, rtol=1e-6)
+    assert half.to_json(["a", "b"])["shrinkage_entries"] == 4000.0
+    with pytest.raises(ValueError, match="shrinkage"):
+        fit_calibration(quantiles, truth, hidden, scale=np.ones(K), shrinkage=-1.0)
+
+
 def test_calibration_entries_follow_the_inputs_own_gaps() -> None:
     rng = np.random.default_rng(2)
     values = rng.normal(size=(3, 60))

@@ -20,7 +20,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -52,7 +52,8 @@ class OGBenchEval:
         replan_every: environment steps between plans (receding horizon).
         waypoints: compose short plans through waypoints on the data's state graph; false: every plan is
             pinned to the goal itself.
-        reach: largest graph distance from the agent to the waypoint handed to the planner.
+        reach: largest graph distance from the agent to the waypoint handed to the planner; ``data``: the median
+            graph distance the training data covers in one plan's span (:meth:`StateGraph.typical_distance`).
         graph_cell, graph_link_steps: state-graph bin side and link gap (see :class:`StateGraph`).
         lookahead: distance along the plan the tracker aims at.
     """
@@ -63,7 +64,7 @@ class OGBenchEval:
     seed: int = 0
     replan_every: int = 16
     waypoints: bool = True
-    reach: float = 6.0
+    reach: float | Literal["data"] = 6.0
     graph_cell: float = 1.0
     graph_link_steps: int = 5
     lookahead: float = 1.0
@@ -74,7 +75,7 @@ class OGBenchEval:
             if getattr(self, key) < 1:
                 raise FieldError(key, f"must be >= 1, got {getattr(self, key)}")
         for key in ("reach", "graph_cell", "lookahead"):
-            if getattr(self, key) <= 0:
+            if getattr(self, key) != "data" and getattr(self, key) <= 0:
                 raise FieldError(key, f"must be > 0, got {getattr(self, key)}")
         if self.generate_episodes is not None and self.generate_episodes < 1:
             raise FieldError("generate_episodes", f"must be >= 1, got {self.generate_episodes}")
@@ -236,7 +237,12 @@ def planner_agent(planner: TrajectoryPlanner, ev: OGBenchEval, data: OGBenchData
     """The planner agent a config describes; ``waypoints`` overrides ``ev.waypoints`` (the graph needs ``data``)."""
     use_graph = ev.waypoints if waypoints is None else waypoints
     graph = StateGraph(data.observations, data.episode_ends, ev.graph_cell, ev.graph_link_steps) if use_graph and data else None
-    return OGBenchPlannerAgent(planner, PursuitTracker(ev.lookahead), ev.replan_every, graph, ev.reach, solver, steps,
+    reach = ev.reach
+    if reach == "data":
+        if graph is None:
+            raise ControlConfigError("ogbench.reach 'data' needs the waypoint graph (ogbench.waypoints and the data)")
+        reach = graph.typical_distance(data.observations, data.episode_ends, planner.spec.span, seed=ev.seed)
+    return OGBenchPlannerAgent(planner, PursuitTracker(ev.lookahead), ev.replan_every, graph, float(reach), solver, steps,
                                clip_x0, ev.seed)
 
 
@@ -421,6 +427,8 @@ def evaluate_model(model: torch.nn.Module, cfg: Config, tasks: list[int] | None 
         raise ControlConfigError("OGBench evaluation needs a planner or a bc run")
     metrics, raw = evaluate_tasks(env_id, agent, tasks, episodes, seed)
     metrics["method"] = "planner" if isinstance(model, TrajectoryPlanner) else "gcbc"
+    if isinstance(agent, OGBenchPlannerAgent) and agent.graph is not None:
+        metrics["reach"] = agent.reach
     return metrics, raw, agent if isinstance(agent, OGBenchPlannerAgent) else None
 
 

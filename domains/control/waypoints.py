@@ -7,7 +7,9 @@ when one episode passes from one to the other within ``link_steps`` steps (edge 
 the two node centres; the point agent can drive a link either way). No maze map is used: walls are
 only known through where the data went. :meth:`StateGraph.waypoints` returns, for each agent, the node
 furthest along a shortest path to its goal that is at most ``reach`` away along the path (or the goal
-itself when it is closer); the planner then plans from the agent's state to that waypoint.
+itself when it is closer); the planner then plans from the agent's state to that waypoint. :meth:`StateGraph.typical_distance` measures
+how far along the graph the data itself gets in one plan's span: a waypoint at about that distance asks the
+planner for a trajectory like the data's (navigate data moves ~17 graph units in 121 steps, stitch data ~7.5).
 """
 from __future__ import annotations
 
@@ -53,6 +55,22 @@ class StateGraph:
         self.dist, pred = shortest_path(adj, method="D", directed=False, return_predecessors=True)
         self.pred = pred
         self.n_edges = len(pairs)
+
+    def typical_distance(self, observations: np.ndarray, episode_ends: np.ndarray, span: int, samples: int = 4000,
+                         seed: int = 0) -> float:
+        """Median graph distance between the nodes of two states ``span - 1`` steps apart in one episode, over
+        ``samples`` pairs drawn with ``seed`` (positions ``(N, 2)``, exclusive episode ends ``(E,)``). Pairs in
+        unconnected nodes are left out; NaN when no episode is ``span`` steps long."""
+        starts = np.concatenate([[0], episode_ends[:-1]])
+        long_enough = np.flatnonzero(episode_ends - starts >= span)
+        if len(long_enough) == 0:
+            return float("nan")
+        rng = np.random.default_rng(seed)
+        episodes = rng.choice(long_enough, size=samples)
+        first = starts[episodes] + (rng.random(samples) * (episode_ends[episodes] - starts[episodes] - span + 1)).astype(np.int64)
+        obs = np.asarray(observations, dtype=np.float64)
+        dist = self.dist[self.nearest(obs[first]), self.nearest(obs[first + span - 1])]
+        return float(np.median(dist[np.isfinite(dist)]))
 
     def nearest(self, xy: np.ndarray) -> np.ndarray:
         """Index ``(B,)`` of the node nearest to each point ``(B, 2)``."""

@@ -149,12 +149,14 @@ class TimeseriesData:
 class ImputeConfig:
     """``impute:`` section: output quantiles, plot defaults, and the conformal calibration of the intervals
     (:mod:`~sciffusion.domains.timeseries.calibration`; ``calibrate: false`` or ``--no-calibrate`` turn it off,
-    a feature with fewer than ``calibration_min_entries`` hidden entries takes the pooled factors)."""
+    a feature with fewer than ``calibration_min_entries`` hidden entries takes the pooled factors, the others are
+    shrunk toward them with a prior weight of ``calibration_shrinkage`` entries)."""
 
     quantiles: list[float] = field(default_factory=lambda: [0.05, 0.25, 0.5, 0.75, 0.95])
     plot_features: int = 3
     calibrate: bool = True
     calibration_min_entries: int = 30
+    calibration_shrinkage: float = 0.0
 
     def __post_init__(self) -> None:
         if not self.quantiles or any(not 0.0 < q < 1.0 for q in self.quantiles):
@@ -163,6 +165,8 @@ class ImputeConfig:
             raise FieldError("plot_features", f"must be >= 1, got {self.plot_features}")
         if self.calibration_min_entries < 1:
             raise FieldError("calibration_min_entries", f"must be >= 1, got {self.calibration_min_entries}")
+        if not self.calibration_shrinkage >= 0:
+            raise FieldError("calibration_shrinkage", f"must be >= 0 (entries), got {self.calibration_shrinkage}")
 
 
 def load_data(data: TimeseriesData) -> ImputationData:
@@ -310,11 +314,12 @@ def impute_series(model: ImputationModel, series: Series, cond: np.ndarray, meta
     return Imputation(quantiles, levels, samples, seconds, len(windows))
 
 
-def calibrate_on_input(model: ImputationModel, panel: list[Series], meta: SeriesMeta, sc: Any, min_entries: int,
-                       ) -> Calibration | None:
-    """Fit :class:`Calibration` on the input itself: its observed entries hidden in the pattern of other windows'
-    gaps (:func:`borrowed_gap_masks`, seeded by the sampling seed) and imputed with the same sampler. None when no
-    window has a gap to lend."""
+def calibration_set(model: ImputationModel, panel: list[Series], meta: SeriesMeta, sc: Any,
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """The input's observed entries hidden in the pattern of other windows' gaps (:func:`borrowed_gap_masks`,
+    seeded by the sampling seed) and imputed with the same sampler: quantiles ``(Q, K, N)`` at
+    :data:`CALIBRATION_QUANTILES`, values ``(K, N)`` and the hidden entries ``(K, N)`` bool, all series side by
+    side. None when no window has a gap to lend."""
     masks = borrowed_gap_masks(panel, meta.window, sc.seed)
     if masks is None:
         return None
@@ -326,8 +331,18 @@ def calibrate_on_input(model: ImputationModel, panel: list[Series], meta: Series
         quantiles.append(np.stack([imp.level(q) for q in levels]))
         truth.append(series.values)
         hidden.append(series.observed_mask & ~cond)
-    return fit_calibration(np.concatenate(quantiles, axis=2), np.concatenate(truth, axis=1),
-                           np.concatenate(hidden, axis=1), meta.normalizer.std, min_entries, tuple(levels))
+    return np.concatenate(quantiles, axis=2), np.concatenate(truth, axis=1), np.concatenate(hidden, axis=1)
+
+
+def calibrate_on_input(model: ImputationModel, panel: list[Series], meta: SeriesMeta, sc: Any,
+                       settings: ImputeConfig) -> Calibration | None:
+    """Fit :class:`Calibration` on the input itself (:func:`calibration_set`) with the ``impute:`` section's
+    ``calibration_min_entries`` and ``calibration_shrinkage``. None when no window has a gap to lend."""
+    found = calibration_set(model, panel, meta, sc)
+    if found is None:
+        return None
+    return fit_calibration(*found, meta.normalizer.std, settings.calibration_min_entries, CALIBRATION_QUANTILES,
+                           settings.calibration_shrinkage)
 
 
 def _check_finite(draws: torch.Tensor, cond_mask: torch.Tensor, windows: SeriesWindows, first: int, series: Series) -> None:
@@ -554,7 +569,7 @@ def _cmd_impute(args: argparse.Namespace) -> int:
     settings = run.config.section("impute")
     levels = levels or list(settings.quantiles)
     calibrate = settings.calibrate if args.calibrate is None else args.calibrate
-    calibration = (calibrate_on_input(run.model, [p.series for p in panel], meta, sc, settings.calibration_min_entries)
+    calibration = (calibrate_on_input(run.model, [p.series for p in panel], meta, sc, settings)
                    if calibrate else None)
     imputations = [impute_series(run.model, part.series, part.series.observed_mask, meta, sc.n, sc.solver, sc.steps,
                                  levels, sc.eta, sc.batch_size, sc.seed, keep_samples=samples_path is not None,
@@ -665,8 +680,7 @@ def evaluate_against_truth(run: Run, args: argparse.Namespace) -> dict[str, Any]
         raise SeriesError(f"{truth_path}: no entry of the truth is missing in {source}; nothing to score")
     settings = run.config.section("impute")
     levels = list(settings.quantiles)
-    calibration = calibrate_on_input(run.model, [given for _, given, _ in pairs], meta, sc,
-                                     settings.calibration_min_entries)
+    calibration = calibrate_on_input(run.model, [given for _, given, _ in pairs], meta, sc, settings)
     imputations = [impute_series(run.model, given, given.observed_mask, meta, sc.n, sc.solver, sc.steps, levels,
                                  sc.eta, sc.batch_size, sc.seed, keep_samples=True) for _, given, _ in pairs]
     samples = np.concatenate([imp.samples for imp in imputations], axis=2)

@@ -20,8 +20,11 @@ Two models, registered together as ``so3`` with ``kind``:
   ``c = exp_rate`` (FrameFlow's exponential rotation schedule, ``c = 10``): as ``t`` decreases the rotation moves
   toward ``R0_hat`` at the rate ``kappa'/kappa = c / (1 - e^{-c t})`` times ``log(R_t^T R0_hat)``, FrameFlow's
   constant sampling rate ``c`` (in its time ``1 - t``) with the factor that lands the path exactly on ``R0`` at
-  ``t = 0``. FrameFlow trains on the linear path and uses the rate at sampling only; here the schedule is the path
-  itself, in training and in sampling, so a sampler with the exact model reaches the data distribution.
+  ``t = 0``. ``schedule`` is the training path; ``sample_schedule`` (default: the same) is the ``kappa`` the
+  solvers integrate in. FrameFlow trains on the linear path and samples with the exponential rate
+  (``schedule: linear``, ``sample_schedule: exp``): rotations then settle early in sampling, while the network
+  still reads ``t`` as on the linear path (a deliberate mismatch that FrameFlow found to improve designability);
+  with equal schedules a sampler with the exact model reaches the data distribution.
   The network predicts the clean rotation as FrameFlow (``output="rotmat"``: a 3x3 per row, projected by
   ``roma.special_procrustes``; ``output="rotvec"``: the displacement ``log(R_t^T R0_hat)`` ``(..., 3)``).
   Loss (FrameFlow's): ``|log(R_t^T R0_hat) - log(R_t^T R0)|^2 / max(kappa(t), 0.1)^2`` per rotation -- FrameFlow's
@@ -338,8 +341,10 @@ class GeodesicFlowProcess(SO3Process):
     """Geodesic flow matching from the uniform prior (FrameFlow; see the module docstring).
 
     Args:
-        schedule: ``linear`` (``kappa = t``) or ``exp`` (``kappa = (e^{c t} - 1) / (e^c - 1)``, ``c = exp_rate``).
+        schedule: the training path, ``linear`` (``kappa = t``) or ``exp`` (``kappa = (e^{c t} - 1) / (e^c - 1)``,
+            ``c = exp_rate``).
         exp_rate: ``c`` of the ``exp`` schedule (FrameFlow: 10).
+        sample_schedule: the ``kappa`` the solvers integrate in (``linear`` or ``exp``); None: ``schedule``.
         output: ``rotmat`` (the network outputs a 3x3 per rotation, projected to the clean estimate) or ``rotvec``
             (the displacement ``log(R_t^T R0_hat)`` ``(..., 3)``).
         rotation_atol: tolerance of :meth:`validate`.
@@ -349,20 +354,24 @@ class GeodesicFlowProcess(SO3Process):
     default_solver = "euler"
 
     def __init__(self, schedule: str = "linear", exp_rate: float = 10.0, output: str = "rotmat",
-                 rotation_atol: float = 1e-4) -> None:
+                 rotation_atol: float = 1e-4, sample_schedule: str | None = None) -> None:
         super().__init__(rotation_atol)
-        if schedule not in ("linear", "exp"):
-            raise ValueError(f"unknown so3 schedule '{schedule}' (known: linear, exp)")
+        sample_schedule = schedule if sample_schedule is None else sample_schedule
+        for option, value in (("schedule", schedule), ("sample_schedule", sample_schedule)):
+            if value not in ("linear", "exp"):
+                raise ValueError(f"unknown so3 {option} '{value}' (known: linear, exp)")
         if not exp_rate > 0:
             raise ValueError(f"exp_rate must be > 0, got {exp_rate}")
         if output not in ("rotmat", "rotvec"):
             raise ValueError(f"unknown geodesic_flow output '{output}' (known: rotmat, rotvec)")
         self.schedule, self.exp_rate, self.output = schedule, float(exp_rate), output
+        self.sample_schedule = sample_schedule
 
-    def kappa(self, t: Tensor) -> Tensor:
-        """The fraction ``kappa(t)`` ``(B,)`` float64 of the way from ``R0`` to ``R1``: 0 at ``t = 0``, 1 at ``t = 1``."""
+    def kappa(self, t: Tensor, schedule: str | None = None) -> Tensor:
+        """The fraction ``kappa(t)`` ``(B,)`` float64 of the way from ``R0`` to ``R1`` on the training path (or on
+        ``schedule``): 0 at ``t = 0``, 1 at ``t = 1``."""
         t = t.double()
-        if self.schedule == "linear":
+        if (schedule or self.schedule) == "linear":
             return t
         return torch.expm1(self.exp_rate * t) / math.expm1(self.exp_rate)
 
@@ -401,11 +410,14 @@ class GeodesicFlowProcess(SO3Process):
         return SO3Prediction(-d / ratio, x_t, -ratio)
 
     def ode_time(self, t: Tensor) -> Tensor:
-        return self.kappa(t)
+        """``kappa`` of the sampling schedule."""
+        return self.kappa(t, self.sample_schedule)
 
     def ode_rate(self, pred: SO3Prediction, t: Tensor, index: Tensor | None = None) -> Tensor:
-        """``dR/dkappa = v / kappa'`` (``= -log(R_t^T R0_hat) / kappa``)."""
-        return pred.value / per_sample(self.kappa_rate(t), pred.value, index)
+        """``dR/dkappa = -log(R_t^T R0_hat) / kappa`` in the sampling schedule's ``kappa`` (on the training path
+        this is ``v / kappa'``)."""
+        displacement = pred.x0_coef * pred.value
+        return -displacement / per_sample(self.ode_time(t), pred.value, index)
 
 
 class IGSO3Process(SO3Process):
@@ -474,29 +486,31 @@ class IGSO3Process(SO3Process):
 
 @dataclass
 class SO3Config:
-    """Options of the ``so3`` process; ``schedule``, ``exp_rate``, ``output`` are geodesic_flow options (defaults
-    linear, 10, rotmat), ``sigma_min``, ``sigma_max`` IGSO3 options (defaults 0.1, 1.5)."""
+    """Options of the ``so3`` process; ``schedule``, ``exp_rate``, ``output``, ``sample_schedule`` are geodesic_flow
+    options (defaults linear, 10, rotmat, the training schedule), ``sigma_min``, ``sigma_max`` IGSO3 options (defaults 0.1, 1.5)."""
 
     kind: Literal["geodesic_flow", "igso3"] = "geodesic_flow"
     schedule: Literal["linear", "exp"] | None = None
     exp_rate: float | None = None
     output: Literal["rotmat", "rotvec"] | None = None
+    sample_schedule: Literal["linear", "exp"] | None = None
     sigma_min: float | None = None
     sigma_max: float | None = None
     rotation_atol: float = 1e-4
 
 
-_KIND_OPTIONS = {"geodesic_flow": ("schedule", "exp_rate", "output"), "igso3": ("sigma_min", "sigma_max")}
+_KIND_OPTIONS = {"geodesic_flow": ("schedule", "exp_rate", "output", "sample_schedule"), "igso3": ("sigma_min", "sigma_max")}
 
 
 @PROCESSES.register("so3", config=SO3Config,
                     help="rotations (..., 3, 3): kind=geodesic_flow (FrameFlow) or igso3 (FrameDiff score)")
 def _build_so3(kind: str = "geodesic_flow", schedule: str | None = None, exp_rate: float | None = None,
                output: str | None = None, sigma_min: float | None = None, sigma_max: float | None = None,
-               rotation_atol: float = 1e-4) -> SO3Process:
+               rotation_atol: float = 1e-4, sample_schedule: str | None = None) -> SO3Process:
     if kind not in _KIND_OPTIONS:
         raise ValueError(f"unknown so3 kind '{kind}' (known: {', '.join(_KIND_OPTIONS)})")
-    options = {"schedule": schedule, "exp_rate": exp_rate, "output": output, "sigma_min": sigma_min, "sigma_max": sigma_max}
+    options = {"schedule": schedule, "exp_rate": exp_rate, "output": output, "sample_schedule": sample_schedule,
+               "sigma_min": sigma_min, "sigma_max": sigma_max}
     given = {k: v for k, v in options.items() if v is not None}
     foreign = sorted(set(given) - set(_KIND_OPTIONS[kind]))
     if foreign:
