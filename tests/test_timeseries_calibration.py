@@ -83,6 +83,33 @@ def test_shrinkage_weights_own_and_pooled_factors_by_entries() -> None:
         fit_calibration(quantiles, truth, hidden, scale=np.ones(K), shrinkage=-1.0)
 
 
+def test_spread_bins_widen_only_the_intervals_that_are_too_narrow() -> None:
+    """One feature, two kinds of entries: the model says sigma 1 where the truth has 2, and sigma 5 where it has 5.
+    Per-feature factors widen both (to about 1.6 at 90 %); two spread bins give 2 and 1, and the rescaled samples
+    cover at the nominal level in each bin."""
+    rng = np.random.default_rng(4)
+    model_sigma = np.where(np.arange(N) % 2 == 0, 1.0, 5.0)[None, :].repeat(K, 0)
+    truth = rng.normal(size=(K, N)) * np.where(model_sigma == 1.0, 2.0, 5.0)
+    z = norm.ppf(np.asarray(CALIBRATION_QUANTILES))[:, None, None]
+    quantiles = z * model_sigma[None]
+    hidden = np.ones((K, N), bool)
+    per_feature = fit_calibration(quantiles, truth, hidden, scale=np.ones(K))
+    assert per_feature.factors[:, -1].min() > 1.3  # the wide, right intervals are widened too
+    binned = fit_calibration(quantiles, truth, hidden, scale=np.ones(K), spread_bins=2)
+    np.testing.assert_allclose(binned.factors[0], 2.0, rtol=0.1)
+    np.testing.assert_allclose(binned.factors[1], 1.0, rtol=0.1)
+    assert binned.edges.shape == (1,) and 2 * 1.645 < binned.edges[0] < 10 * 1.645
+    samples = torch.as_tensor(rng.normal(size=(400, K, 1000))) * torch.as_tensor(model_sigma[:, :1000])
+    fresh = rng.normal(size=(K, 1000)) * np.where(model_sigma[:, :1000] == 1.0, 2.0, 5.0)
+    groups = binned.groups_of(samples)
+    assert torch.equal(groups, torch.as_tensor(model_sigma[:, :1000] == 5.0).long())
+    calibrated = binned.apply(samples)
+    for narrow in (True, False):
+        chosen = (model_sigma[:, :1000] == 1.0) == narrow
+        np.testing.assert_allclose(reliability(calibrated, fresh, chosen), CENTRAL_LEVELS, atol=0.06)
+    assert list(binned.to_json(["a", "b"])["factors"])[0].startswith("relative 90% width 0-")
+
+
 def test_calibration_entries_follow_the_inputs_own_gaps() -> None:
     rng = np.random.default_rng(2)
     values = rng.normal(size=(3, 60))

@@ -13,10 +13,12 @@ covers a new entry with probability at least ``beta`` when the hidden entries ar
 gaps (Romano et al. 2019's conformalised quantiles, in multiplicative form). Samples are rescaled the same way:
 a sample at central rank ``beta`` moves to ``m + c(beta) (x - m)``, ``c`` interpolated linearly between levels
 (constant outside 10 %..90 %), so every quantile, the CRPS and the intervals come from the calibrated samples.
-A feature with fewer than ``min_entries`` hidden entries takes the factors pooled over all features; the others
-are shrunk toward the pooled factors, ``w c_k + (1 - w) c_pooled`` with ``w = n_k / (n_k + shrinkage)`` (``n_k`` the
-feature's hidden entries): a per-feature factor from a few hundred entries is noisy (most at the narrow central
-levels), and noise in the factors widens some features' intervals where they were right, which costs CRPS.
+Factors are fitted per group of entries: per feature, or (``spread_bins`` > 0) per bin of the model's own
+relative spread, the width of its 90 % interval over the feature's scale (Mondrian conformal prediction). Spread
+bins matter for CRPS: coverage counts entries while CRPS weighs them by magnitude, so when narrow intervals are
+too narrow and wide ones about right, per-feature factors widen every interval and CRPS gets worse although
+coverage reaches its level. A group with fewer than ``min_entries`` hidden entries takes the factors pooled over
+all entries; the others are shrunk toward them, ``w c_g + (1 - w) c_pooled`` with ``w = n_g / (n_g + shrinkage)``.
 """
 from __future__ import annotations
 
@@ -62,18 +64,28 @@ def borrowed_gap_masks(series: list[Series], window: int, seed: int) -> list[np.
     return masks
 
 
+SPREAD_WIDTH_LEVELS = (0.05, 0.95)  # the interval whose width, over the feature's scale, sorts entries into groups
+
+
 @dataclass
 class Calibration:
-    """Per-feature spread factors for each central level, with what they were fitted on.
+    """Spread factors per group of entries and central level, with what they were fitted on.
+
+    A group is a feature (``edges`` None), or a bin of the model's own relative spread (``edges`` given): the
+    width of the central 90 % interval over the feature's scale, binned at ``edges`` (Mondrian conformal
+    prediction: each bin of predicted spread is calibrated on its own, so entries whose intervals are too narrow
+    are widened without widening those that were right).
 
     Attributes:
         levels: the central interval levels ``(B,)``.
-        factors: ``(K, B)``.
-        entries: ``(K,)`` hidden entries per feature.
-        pooled: ``(K,)`` bool, features that took the pooled factors.
-        shrinkage: the prior weight (in entries) of the pooled factors in the others.
+        factors: ``(G, B)``.
+        entries: ``(G,)`` hidden entries per group.
+        pooled: ``(G,)`` bool, groups that took the pooled factors.
         coverage_before, coverage_after: ``(B,)`` empirical coverage of the hidden entries by the model's
             intervals and by the rescaled ones (the second is in-sample: at least ``levels`` by construction).
+        shrinkage: the prior weight (in entries) of the pooled factors in the others.
+        edges: ``(G - 1,)`` relative-spread bin edges, or None for per-feature groups.
+        scale: ``(K,)`` the features' scales (relative spread = width / scale).
     """
 
     levels: np.ndarray
@@ -83,18 +95,27 @@ class Calibration:
     coverage_before: np.ndarray
     coverage_after: np.ndarray
     shrinkage: float = 0.0
+    edges: np.ndarray | None = None
+    scale: np.ndarray | None = None
 
-    def factor_at(self, beta: torch.Tensor, feature_axis: int) -> torch.Tensor:
-        """Factors for central ranks ``beta`` (any shape with the feature axis at ``feature_axis``)."""
+    def factor_at(self, beta: torch.Tensor, group: torch.Tensor) -> torch.Tensor:
+        """Factors for central ranks ``beta`` of entries in groups ``group`` (long, broadcast to ``beta``)."""
         levels = torch.as_tensor(self.levels, dtype=beta.dtype)
-        factors = torch.as_tensor(self.factors, dtype=beta.dtype)  # (K, B)
+        factors = torch.as_tensor(self.factors, dtype=beta.dtype)  # (G, B)
         position = torch.clamp((beta - levels[0]) / (levels[1] - levels[0]), 0, len(levels) - 1)
         low = position.floor().long().clamp(max=len(levels) - 2)
         weight = position - low
-        shape = [1] * beta.dim()
-        shape[feature_axis] = factors.shape[0]
-        k = torch.arange(factors.shape[0]).reshape(shape).expand_as(low)
-        return factors[k, low] * (1 - weight) + factors[k, low + 1] * weight
+        group = group.expand_as(low)
+        return factors[group, low] * (1 - weight) + factors[group, low + 1] * weight
+
+    def groups_of(self, samples: torch.Tensor) -> torch.Tensor:
+        """Group ``(..., K, L)`` (long) of each entry of samples ``(S, ..., K, L)``."""
+        features = samples.shape[-2]
+        if self.edges is None:
+            return torch.arange(features).reshape(features, 1)
+        lower, upper = sample_quantiles(samples, list(SPREAD_WIDTH_LEVELS))
+        scale = torch.as_tensor(self.scale, dtype=samples.dtype).reshape(features, 1)
+        return torch.bucketize((upper - lower) / scale, torch.as_tensor(self.edges, dtype=samples.dtype), right=True)
 
     def apply(self, samples: torch.Tensor) -> torch.Tensor:
         """Rescale samples ``(S, ..., K, L)`` (features on the second-to-last axis) about their median."""
@@ -102,15 +123,23 @@ class Calibration:
         median = sample_quantiles(samples, [0.5])[0]
         rank = torch.argsort(torch.argsort(samples, dim=0), dim=0).to(samples.dtype)
         beta = (2 * rank / max(count - 1, 1) - 1).abs()
-        return median + self.factor_at(beta, samples.dim() - 2) * (samples - median)
+        return median + self.factor_at(beta, self.groups_of(samples)) * (samples - median)
+
+    def group_names(self, features: list[str]) -> list[str]:
+        if self.edges is None:
+            return list(features)
+        bounds = [0.0, *self.edges.tolist(), float("inf")]
+        return [f"relative 90% width {a:.3g}-{b:.3g}" for a, b in zip(bounds[:-1], bounds[1:])]
 
     def to_json(self, features: list[str]) -> dict[str, Any]:
-        return {"method": "split-conformal spread factors per feature and central level, from the input's own "
+        names = self.group_names(features)
+        grouping = "feature" if self.edges is None else "bin of the model's relative 90 % interval width"
+        return {"method": f"split-conformal spread factors per {grouping} and central level, from the input's own "
                           "observed entries hidden in the pattern of other windows' gaps",
                 "levels": self.levels.tolist(),
-                "factors": {f: self.factors[k].round(4).tolist() for k, f in enumerate(features)},
-                "hidden_entries": {f: int(self.entries[k]) for k, f in enumerate(features)},
-                "pooled_features": [f for k, f in enumerate(features) if self.pooled[k]],
+                "factors": {g: self.factors[i].round(4).tolist() for i, g in enumerate(names)},
+                "hidden_entries": {g: int(self.entries[i]) for i, g in enumerate(names)},
+                "pooled_groups": [g for i, g in enumerate(names) if self.pooled[i]],
                 "shrinkage_entries": self.shrinkage,
                 "coverage_before": self.coverage_before.round(4).tolist(),
                 "coverage_after": self.coverage_after.round(4).tolist()}
@@ -137,32 +166,45 @@ def spread_scores(quantiles: np.ndarray, levels: tuple[float, ...], truth: np.nd
 
 def fit_calibration(quantiles: np.ndarray, truth: np.ndarray, hidden: np.ndarray, scale: np.ndarray,
                     min_entries: int = 30, levels: tuple[float, ...] = CALIBRATION_QUANTILES,
-                    shrinkage: float = 0.0) -> Calibration:
-    """Factors from the hidden entries: ``quantiles`` ``(Q, K, N)`` at ``levels`` (must include the median and
-    each central level's ends), ``truth`` ``(K, N)``, ``hidden`` ``(K, N)`` bool, ``scale`` ``(K,)`` the features'
-    spreads (a half-width under ``1e-6 * scale`` counts as that); ``shrinkage`` >= 0 entries (0: each feature its
-    own factors)."""
+                    shrinkage: float = 0.0, spread_bins: int = 0) -> Calibration:
+    """Factors from the hidden entries: ``quantiles`` ``(Q, K, N)`` at ``levels`` (must include the median, each
+    central level's ends and :data:`SPREAD_WIDTH_LEVELS`), ``truth`` ``(K, N)``, ``hidden`` ``(K, N)`` bool,
+    ``scale`` ``(K,)`` the features' spreads (a half-width under ``1e-6 * scale`` counts as that); ``shrinkage``
+    >= 0 entries (0: each group its own factors); ``spread_bins`` 0: a group per feature, else that many bins of
+    relative spread with equal numbers of hidden entries."""
     if not shrinkage >= 0:
         raise ValueError(f"shrinkage must be >= 0 entries, got {shrinkage}")
+    if spread_bins < 0:
+        raise ValueError(f"spread_bins must be >= 0, got {spread_bins}")
     K = truth.shape[0]
-    floor = 1e-6 * np.asarray(scale, dtype=np.float64)[:, None]
+    scale = np.asarray(scale, dtype=np.float64)
+    floor = 1e-6 * scale[:, None]
     betas = np.asarray(CENTRAL_LEVELS)
     scores = [spread_scores(quantiles, levels, np.nan_to_num(truth), b, floor) for b in CENTRAL_LEVELS]  # (K, N) each
-    entries = hidden.sum(axis=1)
+    edges = None
+    if spread_bins:
+        width = (quantiles[levels.index(SPREAD_WIDTH_LEVELS[1])] - quantiles[levels.index(SPREAD_WIDTH_LEVELS[0])]) / scale[:, None]
+        edges = np.quantile(width[hidden], np.arange(1, spread_bins) / spread_bins) if hidden.any() else np.zeros(spread_bins - 1)
+        group = np.searchsorted(edges, width, side="right")
+    else:
+        group = np.broadcast_to(np.arange(K)[:, None], truth.shape)
+    count = spread_bins or K
+    members = [hidden & (group == g) for g in range(count)]
+    entries = np.array([int(m.sum()) for m in members])
     pooled_factors = np.array([conformal_factor(s[hidden], b) for s, b in zip(scores, betas)])
     pooled = entries < min_entries
-    factors = np.empty((K, len(betas)))
-    for k in range(K):
-        if pooled[k]:
-            factors[k] = pooled_factors
+    factors = np.empty((count, len(betas)))
+    for g, chosen in enumerate(members):
+        if pooled[g]:
+            factors[g] = pooled_factors
             continue
-        own = np.array([conformal_factor(s[k][hidden[k]], b) for s, b in zip(scores, betas)])
-        weight = entries[k] / (entries[k] + shrinkage)
-        factors[k] = weight * own + (1 - weight) * pooled_factors
+        own = np.array([conformal_factor(s[chosen], b) for s, b in zip(scores, betas)])
+        weight = entries[g] / (entries[g] + shrinkage)
+        factors[g] = weight * own + (1 - weight) * pooled_factors
     n = max(int(hidden.sum()), 1)
     before = np.array([(s[hidden] <= 1.0).sum() / n for s in scores])
-    after = np.array([(s <= factors[:, j:j + 1])[hidden].sum() / n for j, s in enumerate(scores)])
-    return Calibration(betas, factors, entries, pooled, before, after, float(shrinkage))
+    after = np.array([(s <= factors[group, j])[hidden].sum() / n for j, s in enumerate(scores)])
+    return Calibration(betas, factors, entries, pooled, before, after, float(shrinkage), edges, scale)
 
 
 def reliability(samples: np.ndarray | torch.Tensor, truth: np.ndarray, mask: np.ndarray) -> np.ndarray:

@@ -149,14 +149,16 @@ class TimeseriesData:
 class ImputeConfig:
     """``impute:`` section: output quantiles, plot defaults, and the conformal calibration of the intervals
     (:mod:`~sciffusion.domains.timeseries.calibration`; ``calibrate: false`` or ``--no-calibrate`` turn it off,
-    a feature with fewer than ``calibration_min_entries`` hidden entries takes the pooled factors, the others are
+    factors per feature, or per one of ``calibration_spread_bins`` bins of the model's relative spread when > 0; a
+    group with fewer than ``calibration_min_entries`` hidden entries takes the pooled factors, the others are
     shrunk toward them with a prior weight of ``calibration_shrinkage`` entries)."""
 
     quantiles: list[float] = field(default_factory=lambda: [0.05, 0.25, 0.5, 0.75, 0.95])
     plot_features: int = 3
     calibrate: bool = True
     calibration_min_entries: int = 30
-    calibration_shrinkage: float = 0.0
+    calibration_shrinkage: float = 300.0  # chosen on the PM2.5 validation month (results/imputation_pm25_calibration_pilot.json)
+    calibration_spread_bins: int = 0
 
     def __post_init__(self) -> None:
         if not self.quantiles or any(not 0.0 < q < 1.0 for q in self.quantiles):
@@ -167,6 +169,8 @@ class ImputeConfig:
             raise FieldError("calibration_min_entries", f"must be >= 1, got {self.calibration_min_entries}")
         if not self.calibration_shrinkage >= 0:
             raise FieldError("calibration_shrinkage", f"must be >= 0 (entries), got {self.calibration_shrinkage}")
+        if self.calibration_spread_bins < 0:
+            raise FieldError("calibration_spread_bins", f"must be >= 0, got {self.calibration_spread_bins}")
 
 
 def load_data(data: TimeseriesData) -> ImputationData:
@@ -337,12 +341,13 @@ def calibration_set(model: ImputationModel, panel: list[Series], meta: SeriesMet
 def calibrate_on_input(model: ImputationModel, panel: list[Series], meta: SeriesMeta, sc: Any,
                        settings: ImputeConfig) -> Calibration | None:
     """Fit :class:`Calibration` on the input itself (:func:`calibration_set`) with the ``impute:`` section's
-    ``calibration_min_entries`` and ``calibration_shrinkage``. None when no window has a gap to lend."""
+    ``calibration_min_entries``, ``calibration_shrinkage`` and ``calibration_spread_bins``. None when no window has
+    a gap to lend."""
     found = calibration_set(model, panel, meta, sc)
     if found is None:
         return None
     return fit_calibration(*found, meta.normalizer.std, settings.calibration_min_entries, CALIBRATION_QUANTILES,
-                           settings.calibration_shrinkage)
+                           settings.calibration_shrinkage, settings.calibration_spread_bins)
 
 
 def _check_finite(draws: torch.Tensor, cond_mask: torch.Tensor, windows: SeriesWindows, first: int, series: Series) -> None:
