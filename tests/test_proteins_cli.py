@@ -170,7 +170,8 @@ def test_igso3_config_builds_and_samples(tmp_path: Path) -> None:
     from sciffusion.domain import get_domain
 
     cfg = load_config(CONFIG, [*TINY, "processes.rots.kind=igso3", "processes.rots.schedule=null",
-                               "processes.rots.exp_rate=null", f"run_dir={tmp_path}"])
+                               "processes.rots.exp_rate=null", "processes.rots.sample_schedule=null",
+                               f"run_dir={tmp_path}"])
     model = get_domain("proteins").build_model(cfg)
     frames = sample_frames(model, [20, 30], {"trans": "euler", "rots": "euler_maruyama"}, 3, 0, 2)
     rots = np.stack([r for r, _ in frames[:1]])[0]
