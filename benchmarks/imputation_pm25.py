@@ -27,7 +27,7 @@ the coverage and ``calibrated_crps_ratio_vs_uncalibrated`` bars use it. Usage::
     python benchmarks/imputation_pm25.py [--budget-min 50] [--full-test] [--pypots-path DIR] [--work DIR]
     python benchmarks/imputation_pm25.py --phase pilot --work DIR --run-dir DIR/ours_run   # choose the fast solver
     python benchmarks/imputation_pm25.py --phase report --work DIR     # rebuild the JSON from DIR
-    python benchmarks/imputation_pm25.py --phase calibration_pilot --run-dir RUN --work DIR   # choose the calibration grouping
+    python benchmarks/imputation_pm25.py --phase calibration_pilot --run-dir RUN --work DIR  # calibration grouping
     python benchmarks/imputation_pm25.py --phase calibration --run-dir RUN --work DIR --update-results \
         --calibration-note "..."   # the calibration phase alone, into the published JSON
     python benchmarks/imputation_pm25.py --budget-min 0.5 --samples 2 --compare-per-month 1 --large-per-month 1 \
@@ -430,7 +430,7 @@ def phase_calibration_pilot(args) -> None:
                                        "entry and level: where CRPS is lowest against where coverage reaches its level",
                                "results": scan},
         "chosen": {"candidate": chosen, "spread_bins": rows[chosen]["spread_bins"],
-                                    "shrinkage": rows[chosen]["shrinkage"], "rule": CALIBRATION_RULE}},
+                   "shrinkage": rows[chosen]["shrinkage"], "rule": CALIBRATION_RULE}},
         packages=("sciffusion", "torch", "numpy", "pandas"), folder=args.results_dir)
 
 
