@@ -7,9 +7,10 @@ when one episode passes from one to the other within ``link_steps`` steps (edge 
 the two node centres; the point agent can drive a link either way). No maze map is used: walls are
 only known through where the data went. :meth:`StateGraph.waypoints` returns, for each agent, the node
 furthest along a shortest path to its goal that is at most ``reach`` away along the path (or the goal
-itself when it is closer); the planner then plans from the agent's state to that waypoint. :meth:`StateGraph.typical_distance` measures
-how far along the graph the data itself gets in one plan's span: a waypoint at about that distance asks the
-planner for a trajectory like the data's (navigate data moves ~17 graph units in 121 steps, stitch data ~7.5).
+itself when it is closer); the planner then plans from the agent's state to that waypoint.
+:meth:`StateGraph.typical_distance` measures how far along the graph the data itself gets in one plan's span: a
+waypoint at about that distance asks the planner for a trajectory like the data's (navigate data moves ~17 graph
+units in 121 steps, stitch data ~7.5).
 """
 from __future__ import annotations
 
@@ -67,7 +68,8 @@ class StateGraph:
             return float("nan")
         rng = np.random.default_rng(seed)
         episodes = rng.choice(long_enough, size=samples)
-        first = starts[episodes] + (rng.random(samples) * (episode_ends[episodes] - starts[episodes] - span + 1)).astype(np.int64)
+        room = episode_ends[episodes] - starts[episodes] - span + 1  # first steps a pair can start at
+        first = starts[episodes] + (rng.random(samples) * room).astype(np.int64)
         obs = np.asarray(observations, dtype=np.float64)
         dist = self.dist[self.nearest(obs[first]), self.nearest(obs[first + span - 1])]
         return float(np.median(dist[np.isfinite(dist)]))

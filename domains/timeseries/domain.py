@@ -157,7 +157,7 @@ class ImputeConfig:
     plot_features: int = 3
     calibrate: bool = True
     calibration_min_entries: int = 30
-    calibration_shrinkage: float = 300.0  # chosen on the PM2.5 validation month (results/imputation_pm25_calibration_pilot.json)
+    calibration_shrinkage: float = 300.0  # chosen on PM2.5's validation month (imputation_pm25_calibration_pilot.json)
     calibration_spread_bins: int = 0
 
     def __post_init__(self) -> None:
